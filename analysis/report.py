@@ -1,0 +1,101 @@
+"""Compare variants against a baseline: score, parameters, FLOPs, speed, mean ± std over seeds.
+
+One row per model configuration (variant, N, depth, ...): dev (or test) bpc/ppl
+over seeds, its difference to the baseline, the parameter and FLOP differences,
+tokens/s, and the distance to the entropy floor when the data has one (lexicon).
+
+    python -m analysis.report DIR_OR_GRID... [--baseline VARIANT[:N]] [--format markdown|csv|latex] [--metric dev|test]
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+import pandas as pd
+
+from analysis.aggregate import evaluated, only_value, seed_summary
+from analysis.collect import load_runs
+from analysis.inputs import add_inputs_argument
+from analysis.render import fmt_count, fmt_delta, fmt_mean_std, fmt_value, latex_table, markdown_table
+from model.errors import UserError, run_cli
+
+COLUMNS = ["dataset", "variant", "num_persistent", "num_layers", "n", "metric", "mean", "std", "delta",
+           "params_total", "delta_params", "flops_per_token", "delta_flops", "tokens_per_s",
+           "entropy_floor_bpc", "floor_gap", "is_baseline"]
+FORMATS = ("markdown", "csv", "latex")
+
+
+def compare_variants(runs: pd.DataFrame, baseline: str = "transformer", split: str = "dev") -> pd.DataFrame:
+    """Per configuration: mean/std/n of the `split` score and differences to `baseline`.
+
+    `baseline` is a variant name, or 'variant:N' when that variant was run at several N.
+    `metric` names the score (e.g. 'dev_bpc'); floor_gap = mean - entropy floor (bpc).
+    """
+    runs, column = evaluated(runs, split)
+    only_value(runs, "dataset", "dataset")
+    summary = seed_summary(runs, column).reindex(columns=COLUMNS)
+    base = summary.loc[_baseline_index(summary, baseline)]
+    return summary.assign(
+        metric=column, delta=summary["mean"] - base["mean"],
+        delta_params=summary["params_total"] - base["params_total"],
+        delta_flops=summary["flops_per_token"] - base["flops_per_token"],
+        floor_gap=summary["mean"] - summary["entropy_floor_bpc"],
+        is_baseline=summary.index == base.name,
+    )
+
+
+def _baseline_index(summary: pd.DataFrame, baseline: str) -> int:
+    variant, _, n = baseline.partition(":")
+    chosen = summary[summary["variant"] == variant]
+    if n:
+        chosen = chosen[chosen["num_persistent"] == int(n)] if n.isdigit() else chosen.iloc[:0]
+    if len(chosen) != 1:
+        found = ", ".join(f"{v}:{int(k)}" for v, k in zip(summary["variant"], summary["num_persistent"]))
+        what = "is ambiguous" if len(chosen) > 1 else "matches no evaluated configuration"
+        raise UserError(f"baseline {baseline!r} {what}; choose one of {found}")
+    return int(chosen.index[0])
+
+
+def format_report(table: pd.DataFrame, fmt: str) -> str:
+    """The comparison as csv (raw numbers), or markdown / LaTeX (formatted)."""
+    if fmt == "csv":
+        return table.to_csv(index=False)
+    metric = table["metric"].iloc[0]
+    base = table.loc[table["is_baseline"]].iloc[0]
+    caption = (f"{metric.replace('_', ' ')} on {base['dataset']}, mean ± std over n seeds; "
+               f"Δ against {base['variant']} N={int(base['num_persistent'])}.")
+    cells = _report_cells(table, metric.split("_", 1)[1])
+    return latex_table(cells, caption) if fmt == "latex" else f"{caption}\n\n{markdown_table(cells)}"
+
+
+def _report_cells(table: pd.DataFrame, unit: str) -> pd.DataFrame:
+    with_floor = table["floor_gap"].notna().any()
+
+    def cells(row: pd.Series) -> dict[str, str]:
+        out = {"variant": row["variant"] + (" (baseline)" if row["is_baseline"] else ""),
+               "N": str(int(row["num_persistent"])), "layers": str(int(row["num_layers"])), "n": str(int(row["n"])),
+               unit: fmt_mean_std(row["mean"], row["std"], unit), f"Δ {unit}": fmt_delta(row["delta"], unit),
+               "params": fmt_count(row["params_total"]), "Δ params": fmt_count(row["delta_params"], signed=True),
+               "FLOPs/token": fmt_count(row["flops_per_token"]),
+               "Δ FLOPs": fmt_count(row["delta_flops"], signed=True), "tokens/s": fmt_count(row["tokens_per_s"])}
+        if with_floor:
+            out["above floor"] = fmt_value(row["floor_gap"], unit)
+        return out
+
+    return pd.DataFrame([cells(row) for _, row in table.iterrows()])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.splitlines()[0])
+    add_inputs_argument(parser)
+    parser.add_argument("--baseline", default="transformer", help="variant or variant:N (default transformer)")
+    parser.add_argument("--format", choices=FORMATS, default="markdown")
+    parser.add_argument("--metric", choices=("dev", "test"), default="dev", help="which split's score")
+    args = parser.parse_args(argv)
+    runs = load_runs(args.inputs)
+    print(format_report(compare_variants(runs, args.baseline, args.metric), args.format), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,92 @@
+"""Data-parallel context: one process per device, started by torchrun or SLURM.
+
+The trainer is data-parallel when RANK / WORLD_SIZE / LOCAL_RANK are set (the
+SLURM job exports them from submitit's TorchDistributedEnvironment). Gradients
+are averaged with one flat all-reduce per step: simpler than the DDP wrapper
+around a model whose forward carries per-layer caches, and bit-reproducible.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from model.errors import UserError
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    def rows(self, batch_size: int) -> slice:
+        """This rank's rows of the global batch: contiguous, equal shares."""
+        if batch_size % self.world_size:
+            raise UserError(f"train.batch_size={batch_size} is not divisible by the {self.world_size} processes")
+        share = batch_size // self.world_size
+        return slice(self.rank * share, (self.rank + 1) * share)
+
+    def all_reduce_sum(self, values: list[float]) -> list[float]:
+        if not self.active:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self._comm_device())
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        if not self.active:
+            return
+        grads = [p.grad for p in params if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        for g, chunk in zip(grads, flat.split([g.numel() for g in grads])):
+            g.copy_(chunk.view_as(g))
+
+    def all_agree(self, ok: bool) -> bool:
+        """True only when `ok` holds on every rank."""
+        return self.all_reduce_sum([0.0 if ok else 1.0])[0] == 0.0
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+    def _comm_device(self) -> torch.device:
+        return self.device if self.device.type == "cuda" else torch.device("cpu")
+
+
+def resolve_device(preference: str, local_rank: int) -> torch.device:
+    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError("train.device is 'cuda' but no CUDA device is visible")
+    return torch.device("cuda", local_rank)
+
+
+def init_distributed(device_preference: str) -> DistContext:
+    """Join the process group when launched with RANK/WORLD_SIZE, else run alone."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_preference, local_rank)
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
+    return DistContext(rank=rank, world_size=world, device=device)
+
+
+def shutdown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,135 @@
+"""Ablation grids: one YAML expanded into a deterministic list of run configs.
+
+A grid file is a run config (it may inherit one with `base:` and override any
+section inline) plus three optional keys:
+
+    grid:            # dotted key -> list of values; the cartesian product, in file order
+      model.num_persistent: [64, 128, 256]
+    runs:            # explicit list of override mappings (dotted or nested keys)
+      - {name: attn-only, model.variant: attention_only, model.num_persistent: 0}
+    seeds: [0, 1]    # each point once per seed (sets train.seed)
+
+Points are runs x grid x seeds. A point's slug is its `name` plus the values the
+grid and seeds set (`fig2-num_persistent=64-seed=1`); its run id adds the config
+hash. The grid's name is the file's stem: runs live in `<root>/<grid name>/<run_id>/`.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from experiments.config import apply_overrides, merge, parse_yaml, read_yaml_file
+from experiments.run_config import RunConfig, run_config_from_dict
+from experiments.run_dir import PROJECT_ROOT
+from model.errors import ConfigError
+
+DEFAULT_ROOT = PROJECT_ROOT / "runs"
+
+
+@dataclass
+class Grid:
+    name: str
+    path: Path
+    runs: list[RunConfig]
+
+    def run_dir(self, cfg: RunConfig, root: Path | None = None) -> Path:
+        return Path(root or DEFAULT_ROOT) / self.name / cfg.run_id
+
+    def run_dirs(self, root: Path | None = None) -> list[Path]:
+        return [self.run_dir(cfg, root) for cfg in self.runs]
+
+
+def load_grid(path: str | Path, only: Iterable[str] = (), overrides: Iterable[str] = ()) -> Grid:
+    """Expand a grid file; `only` keeps the runs whose config matches every `key=value`.
+
+    `overrides` (`key=value`) change the base of every run, before the grid's own values.
+    """
+    path = Path(path)
+    data = apply_overrides(read_yaml_file(path), overrides)
+    sweep, explicit, seeds = data.pop("grid", {}), data.pop("runs", [{}]), data.pop("seeds", None)
+    _check_shapes(sweep, explicit, seeds)
+    data["grid"] = path.stem
+    runs = [_build_point(data, run, point, seed, index)
+            for index, (run, point, seed) in enumerate(_points(sweep, explicit, seeds))]
+    runs = _filter(runs, list(only))
+    _check_unique(runs)
+    return Grid(name=path.stem, path=path, runs=runs)
+
+
+def grid_run_dirs(grid_yaml: str | Path, results_root: str | Path | None = None) -> list[Path]:
+    """Run directories of every run of a grid (used by the analysis commands)."""
+    grid = load_grid(grid_yaml)
+    return grid.run_dirs(Path(results_root) if results_root else None)
+
+
+def _check_shapes(sweep: Any, explicit: Any, seeds: Any) -> None:
+    if not isinstance(sweep, dict):
+        raise ConfigError("grid", "must map dotted keys to lists of values")
+    for key, values in sweep.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"grid.{key}", "must be a non-empty list of values")
+    if not isinstance(explicit, list) or not all(isinstance(r, dict) for r in explicit) or not explicit:
+        raise ConfigError("runs", "must be a non-empty list of override mappings")
+    if seeds is not None and (not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds) or not seeds):
+        raise ConfigError("seeds", "must be a non-empty list of integers")
+
+
+def _points(sweep: dict, explicit: list[dict], seeds: list[int] | None):
+    combos = [dict(zip(sweep, values)) for values in itertools.product(*sweep.values())]
+    return itertools.product(explicit, combos, seeds if seeds is not None else [None])
+
+
+def _build_point(base: dict, run: dict, point: dict, seed: int | None, index: int) -> RunConfig:
+    data = merge(base, _expand_dotted(run, f"runs[{index}]"))
+    data = apply_overrides(data, [f"{k}={_yaml_scalar(v)}" for k, v in point.items()])
+    label = [f"{k.split('.')[-1]}={v}" for k, v in point.items()]
+    if seed is not None:
+        data = merge(data, {"train": {"seed": seed}})
+        label.append(f"seed={seed}")
+    data["name"] = "-".join([str(data.get("name", "run"))] + label)
+    return run_config_from_dict(data)
+
+
+def _expand_dotted(overrides: dict, where: str) -> dict:
+    out: dict = {}
+    for key, value in overrides.items():
+        if not isinstance(key, str) or not key:
+            raise ConfigError(where, f"bad key {key!r}")
+        nested: Any = value
+        for part in reversed(key.split(".")):
+            nested = {part: nested}
+        out = merge(out, nested)
+    return out
+
+
+def _yaml_scalar(value: Any) -> str:
+    return json.dumps(value)  # JSON is valid YAML and round-trips lists, numbers and null
+
+
+def _filter(runs: list[RunConfig], only: list[str]) -> list[RunConfig]:
+    for item in only:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError("", f"--only expects key=value, got {item!r}")
+        wanted = parse_yaml(raw, source=f"--only {key}")
+        runs = [r for r in runs if _lookup(r.to_dict(), key) == wanted]
+    return runs
+
+
+def _lookup(data: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(data, dict) or part not in data:
+            raise ConfigError(dotted, "unknown key in --only")
+        data = data[part]
+    return data
+
+
+def _check_unique(runs: list[RunConfig]) -> None:
+    seen: dict[str, int] = {}
+    for index, cfg in enumerate(runs):
+        if cfg.run_id in seen:
+            raise ConfigError("grid", f"points {seen[cfg.run_id]} and {index} expand to the same run {cfg.run_id}")
+        seen[cfg.run_id] = index

@@ -1,0 +1,75 @@
+"""A run config: the sections of DESIGN §3 in one typed object, and its identity.
+
+`run_id = <name>-<first 8 hex of sha256(canonical JSON of the resolved config)>`,
+where fields that cannot change results (`name`, `grid`, the `slurm` section)
+are left out of the hash, so moving a run to another partition keeps its id.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import yaml
+
+from experiments.config import build, load_config, to_dict
+from experiments.data import DataConfig
+from experiments.evaluate import EvalConfig
+from experiments.optim import OptimConfig
+from experiments.trainer import TrainConfig
+from model.config import ModelConfig
+from model.errors import ConfigError
+from slurm.resources import SlurmConfig
+
+NOT_HASHED = ("name", "grid", "slurm")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig
+    """The network (model/config.py)."""
+    data: DataConfig
+    """Which prepared corpus to read (experiments/data.py)."""
+    optim: OptimConfig
+    """Optimiser, clipping and warm-up (experiments/optim.py)."""
+    train: TrainConfig
+    """Steps, batching, stages, checkpoints, logging (experiments/trainer.py)."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Final full evaluation (experiments/evaluate.py)."""
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    """Resources of one run on a cluster (slurm/resources.py); not hashed."""
+    name: str = "run"
+    """Short human-readable slug, the first part of the run id; not hashed."""
+    grid: str = ""
+    """Name of the grid the run belongs to, if any; not hashed."""
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*", self.name):
+            raise ConfigError("name", f"must be a slug of letters, digits and _.=+- , got {self.name!r}")
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    @property
+    def config_hash(self) -> str:
+        hashed = {k: v for k, v in self.to_dict().items() if k not in NOT_HASHED}
+        canonical = json.dumps(hashed, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:8]
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.name}-{self.config_hash}"
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def load_run_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
+    return load_config(path, RunConfig, overrides)
+
+
+def run_config_from_dict(data: dict) -> RunConfig:
+    return build(RunConfig, data)

@@ -1,0 +1,105 @@
+"""Size and cost of a model:  python -m model.summary CONFIG.yaml [--json] [--set key=value ...]
+
+- parameters: total, non-embedding (everything but the token embeddings and the
+  output layer), persistent (the persistent key/value vectors);
+- model FLOPs per training token = 6 x non-embedding params + 12 x layers x d x L
+  (the usual 6N rule plus the attention over L context positions, forward and
+  backward; persistent slots are already in the 6N term);
+- an activation-memory estimate for one training batch (fp32).
+The model is built on the 'meta' device, so the 132M-parameter configs cost no memory.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, Sequence
+
+import torch
+
+from model.config import ModelConfig
+from model.errors import run_cli
+
+BYTES_FP32 = 4
+# Tensors kept per token and layer for the backward pass, in units of d: the layer
+# input, q, k, v, the attention output, W_o output, residual sum, LayerNorm (x2),
+# plus FFN hidden (counted separately). An estimate, not a measurement.
+ACTIVATIONS_PER_TOKEN = 9
+
+
+def is_embedding(name: str) -> bool:
+    """Token embedding and output-layer parameters (the adaptive input/softmax tables too)."""
+    return name.split(".")[0] in ("embedding", "output", "adaptive_io")
+
+
+def is_persistent(name: str) -> bool:
+    return "persistent" in name
+
+
+def count_parameters(cfg: ModelConfig) -> dict[str, int]:
+    from model import build_model
+
+    with torch.device("meta"):
+        model = build_model(cfg)
+    named = [(n, p.numel()) for n, p in model.named_parameters()]
+    total = sum(n for _, n in named)
+    embedding = sum(n for name, n in named if is_embedding(name))
+    return {"params_total": total, "params_non_embedding": total - embedding,
+            "params_persistent": sum(n for name, n in named if is_persistent(name))}
+
+
+def flops_per_token(cfg: ModelConfig, params_non_embedding: int) -> int:
+    return 6 * params_non_embedding + 12 * cfg.num_layers * cfg.d_model * cfg.attn_span
+
+
+def activation_bytes(cfg: ModelConfig, batch_size: int, block_size: int) -> int:
+    """Rough fp32 activation memory of one training batch, caches included."""
+    tokens = batch_size * block_size
+    slots = cfg.attn_span + block_size + cfg.num_persistent
+    per_layer = tokens * cfg.d_model * ACTIVATIONS_PER_TOKEN
+    per_layer += 2 * tokens * cfg.num_heads * slots  # attention probabilities and their dropout mask
+    per_layer += 2 * tokens * (cfg.ffn_size or 0)
+    cache = batch_size * cfg.attn_span * cfg.d_model
+    return BYTES_FP32 * cfg.num_layers * (per_layer + cache)
+
+
+def summarize(cfg: ModelConfig, batch_size: int | None = None, block_size: int | None = None) -> dict[str, Any]:
+    facts: dict[str, Any] = count_parameters(cfg)
+    facts["flops_per_token"] = flops_per_token(cfg, facts["params_non_embedding"])
+    if batch_size and block_size:
+        facts["activation_bytes"] = activation_bytes(cfg, batch_size, block_size)
+    return facts
+
+
+def _human(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from experiments.run_config import load_run_config
+
+    parser = argparse.ArgumentParser(prog="python -m model.summary", description=__doc__.split("\n")[0])
+    parser.add_argument("config", help="run config YAML")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    args = parser.parse_args(argv)
+    cfg = load_run_config(args.config, args.set)
+    per_gpu_batch = cfg.train.batch_size // max(1, cfg.slurm.gpus_per_node * cfg.slurm.nodes) // cfg.train.batch_split
+    facts = {"name": cfg.name, "variant": cfg.model.variant,
+             **summarize(cfg.model, max(1, per_gpu_batch), cfg.train.block_size)}
+    if args.json:
+        print(json.dumps(facts))
+        return 0
+    print(f"{cfg.name} ({cfg.model.variant}, {cfg.model.num_layers} layers, d {cfg.model.d_model}, "
+          f"N {cfg.model.num_persistent}, span {cfg.model.attn_span})")
+    print(f"  parameters      {_human(facts['params_total'])} total, {_human(facts['params_non_embedding'])} "
+          f"non-embedding, {_human(facts['params_persistent'])} persistent")
+    print(f"  FLOPs / token   {_human(facts['flops_per_token'])} (training)")
+    print(f"  activations     {facts['activation_bytes'] / 2**30:.2f} GiB per micro-batch of {max(1, per_gpu_batch)} rows (estimate)")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,231 @@
+"""analysis/: collect, Figure 2, Tables 1-2 and variant reports on fixture run directories.
+
+tests/fixtures/runs holds two grids written to the run-directory contract (DESIGN §4):
+fig2_demo (lexicon, bpc, two seeds per point, a requeued run, a FAILED run with a
+torn metrics line) and paper_scale (paper-size all-attention runs for the tables).
+"""
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.collect import collect_curves, collect_runs, main as collect_main, read_metrics
+from analysis.figure2 import figure2_data, write_figure2
+from analysis.inputs import resolve_run_dirs
+from analysis.published import load_published
+from analysis.report import compare_variants, format_report
+from analysis.tables import table_numbers, write_tables
+from model.errors import UserError
+
+PROJECT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures" / "runs"
+DEMO = FIXTURES / "fig2_demo"
+PAPER = FIXTURES / "paper_scale"
+# Final dev bpc of seeds 1 and 2 per (variant, N) in fig2_demo's eval.json files.
+DEV = {("attention_only", 0): (2.50, 2.60), ("all_attention", 4): (2.30, 2.34), ("all_attention", 16): (2.10, 2.16),
+       ("transformer", 0): (2.05, 2.11), ("attn_split", 16): (2.20, 2.24), ("head_split", 16): (2.25, 2.27),
+       ("single_head", 16): (2.28, 2.36), ("ffn_attn", 16): (2.40, 2.44)}
+PARAMS = {("attention_only", 0): 17000, ("all_attention", 4): 9000, ("all_attention", 16): 10000,
+          ("transformer", 0): 17500, ("attn_split", 16): 10000, ("head_split", 16): 9500,
+          ("single_head", 16): 10200, ("ffn_attn", 16): 12000}
+FLOOR = 1.8
+
+
+def mean_std(values: tuple[float, ...]) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values, ddof=1))
+
+
+def run_dir(name: str) -> Path:
+    (found,) = DEMO.glob(f"{name}-*")
+    return found
+
+
+@pytest.fixture(scope="module")
+def runs() -> pd.DataFrame:
+    return collect_runs(resolve_run_dirs([FIXTURES]))
+
+
+@pytest.fixture(scope="module")
+def demo_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs[runs["grid"] == "fig2_demo"]
+
+
+def test_inputs_scan_nested_folders_once() -> None:
+    dirs = resolve_run_dirs([FIXTURES, DEMO, run_dir("transformer-n0-s1")])
+    assert len(dirs) == 20 and len(set(dirs)) == 20
+
+
+def test_collect_runs_one_row_per_run(runs: pd.DataFrame) -> None:
+    assert len(runs) == 20
+    assert runs["state"].value_counts().to_dict() == {"DONE": 19, "FAILED": 1}
+    row = runs.set_index("name").loc["attention-only-n0-s1"]
+    assert (row["variant"], row["num_persistent"], row["num_layers"], row["seed"]) == ("attention_only", 0, 4, 1)
+    assert (row["unit"], row["dev_bpc"], row["test_bpc"], row["params_total"]) == ("bpc", 2.50, 2.52, 17000)
+    assert (row["flops_per_token"], row["tokens_per_s"], row["entropy_floor_bpc"]) == (34000, 5000.0, FLOOR)
+    assert (row["model.variant"], row["model.adaptive_cutoffs"]) == ("attention_only", "[]")
+    assert pd.isna(row["model.ffn_size"])
+    assert row["git_sha"].startswith("0123456789") and row["attempts"] == 1 and row["eval_full"]
+    # the WikiText-103 fixture's test split was capped (eval.max_tokens), so its evaluation is not full
+    assert runs.set_index("name").loc["wt103-s1", "eval_full"] == False  # noqa: E712 (a numpy bool)
+
+
+def test_collect_runs_keeps_unfinished_runs(runs: pd.DataFrame) -> None:
+    failed = runs.set_index("name").loc["all-attention-n4-s3"]
+    assert (failed["state"], failed["last_step"], failed["attempts"]) == ("FAILED", 250, 1)
+    assert failed["error"].startswith("RuntimeError") and np.isnan(failed["dev_bpc"]) and pd.isna(failed["unit"])
+    assert runs.set_index("name").loc["all-attention-n16-s1", "attempts"] == 2
+
+
+def test_read_metrics_requeue_keeps_last_and_drops_torn_line() -> None:
+    records = read_metrics(run_dir("all-attention-n16-s1") / "metrics.jsonl")
+    assert [(r["split"], r["step"], r["loss"], r["attempt"]) for r in records] == [
+        ("train", 100, 1.9, 1), ("train", 200, 1.8, 1), ("val_partial", 200, 1.85, 1),
+        ("train", 300, 1.7, 2), ("train", 400, 1.6, 2), ("val_partial", 400, 1.65, 2)]
+    torn = read_metrics(run_dir("all-attention-n4-s3") / "metrics.jsonl")
+    assert [(r["step"], r["loss"]) for r in torn] == [(100, 2.0), (200, 1.9)]
+
+
+def test_read_metrics_recovers_appended_record_and_warns(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    # line 2: a torn record with the requeued attempt's first record appended to it
+    path.write_text('{"step": 1, "split": "train", "loss": 3.0}\n{"step": 2, "spl{"step": 2, "split": "train", '
+                    '"loss": 2.5}\nnot json\n{"step": 3, "split": "train", "loss": 2.0}\n')
+    with pytest.warns(UserWarning, match="metrics.jsonl:3"):
+        assert [(r["step"], r["loss"]) for r in read_metrics(path)] == [(1, 3.0), (2, 2.5), (3, 2.0)]
+
+
+def test_collect_curves_deduplicated(demo_runs: pd.DataFrame) -> None:
+    curves = collect_curves(resolve_run_dirs([DEMO]))
+    assert len(curves) == 16 * 6 + 2  # six records per finished run, two readable ones in the failed run
+    assert not curves.duplicated(["run_id", "split", "step"]).any()
+    requeued = curves[(curves["name"] == "all-attention-n16-s1") & (curves["split"] == "train")]
+    assert requeued["step"].tolist() == [100, 200, 300, 400]
+    assert requeued["loss"].tolist() == [1.9, 1.8, 1.7, 1.6] and requeued["attempt"].tolist() == [1, 1, 2, 2]
+
+
+def test_collect_cli_writes_csvs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert collect_main([str(DEMO), "--out", str(tmp_path)]) == 0
+    written = pd.read_csv(tmp_path / "runs.csv")
+    assert len(written) == 17 and set(written["grid"]) == {"fig2_demo"}
+    assert len(pd.read_csv(tmp_path / "curves.csv")) == 98
+    assert "17 runs in 1 grid(s) (fig2_demo): DONE 16, FAILED 1" in capsys.readouterr().out
+
+
+def test_figure2_data_equals_fixture_means(demo_runs: pd.DataFrame) -> None:
+    data = figure2_data(demo_runs, load_published())
+    assert set(data["series"]) == {"ours", "transformer"}  # no published number for lexicon
+    for _, row in data.iterrows():
+        mean, std = mean_std(DEV[(row["variant"], row["num_persistent"])])
+        assert (row["mean"], row["std"], row["n"]) == (pytest.approx(mean), pytest.approx(std), 2)
+    right = data[data["panel"] == "right"]
+    assert right["variant"].tolist() == ["all_attention", "attn_split", "head_split", "single_head", "ffn_attn"]
+    assert right["num_persistent"].tolist() == [16] * 5 and right["x"].tolist() == [0, 1, 2, 3, 4]
+    left = data[(data["panel"] == "left") & (data["series"] == "ours")].set_index("num_persistent")
+    assert left.loc[4, "x"] == 2.0 and left.loc[16, "x"] == 4.0 and left.loc[0, "x"] < 2.0
+
+
+def test_figure2_overlays_published_dev_points(runs: pd.DataFrame) -> None:
+    enwik8 = runs[runs["dataset"] == "enwik8"]
+    published = figure2_data(enwik8, load_published()).query("series != 'ours'")
+    assert published[["series", "num_persistent", "mean"]].values.tolist() == [
+        ["published (authors_readme)", 1024, 1.03], ["published (authors_readme)", 2048, 1.00]]
+    assert set(figure2_data(enwik8, None)["series"]) == {"ours"}
+
+
+def test_figure2_bytes_identical_across_renders(demo_runs: pd.DataFrame, tmp_path: Path) -> None:
+    data = figure2_data(demo_runs, load_published())
+    first = write_figure2(data, tmp_path / "a", with_published=True)
+    second = write_figure2(figure2_data(demo_runs, load_published()), tmp_path / "b", with_published=True)
+    assert [p.name for p in first] == ["figure2.png", "figure2.pdf", "figure2.csv"]
+    for a, b in zip(first, second):
+        assert a.read_bytes() == b.read_bytes(), a.name
+    assert first[0].read_bytes().startswith(b"\x89PNG") and first[1].read_bytes().startswith(b"%PDF")
+
+
+def test_published_sources_kept_apart() -> None:
+    published = load_published()
+    assert set(published["source"]) == {"paper", "authors_readme", "cited"}
+    wt103 = published[(published["dataset"] == "wikitext-103") & published["num_layers"].notna()]
+    by_source = wt103.pivot(index="source", columns="split", values="value")
+    assert by_source.loc["paper"].tolist() == [19.7, 20.6] and by_source.loc["authors_readme"].tolist() == [18.8, 19.7]
+    paper_test = published.query("source == 'paper' and split == 'test' and metric == 'bpc'")
+    assert sorted(zip(paper_test["dataset"], paper_test["params_m"], paper_test["value"])) == [
+        ("enwik8", 39, 1.01), ("enwik8", 114, 0.98), ("text8", 38, 1.11), ("text8", 114, 1.08)]
+
+
+def test_table_numbers_against_fixture(runs: pd.DataFrame) -> None:
+    table1 = table_numbers(runs, load_published(), ("enwik8", "text8")).set_index(["dataset", "source", "params_paper_m"])
+    small = table1.loc[("enwik8", "paper", 39)]
+    mean, std = mean_std((1.03, 1.05))
+    assert (small["test_paper"], small["test_ours"], small["test_std"], small["test_n"]) == (
+        1.01, pytest.approx(mean), pytest.approx(std), 2)
+    assert small["test_delta"] == pytest.approx(mean - 1.01) and small["params_ours"] == 38_500_000
+    readme = table1.loc[("enwik8", "authors_readme", 39)]
+    assert readme["dev_delta"] == pytest.approx(np.mean((1.05, 1.07)) - 1.03)
+    assert table1.loc[("text8", "paper", 38), "test_n"] == 0 and np.isnan(table1.loc[("text8", "paper", 38), "test_ours"])
+    table2 = table_numbers(runs, load_published(), ("wikitext-103",)).set_index("source")
+    assert table2.loc["paper", "dev_delta"] == pytest.approx(21.0 - 19.7)
+    assert table2.loc["paper", "test_delta"] == pytest.approx(22.0 - 20.6)
+
+
+def test_tables_written_as_markdown_and_latex(runs: pd.DataFrame, tmp_path: Path) -> None:
+    write_tables(runs, tmp_path)
+    table1 = (tmp_path / "table1.md").read_text()
+    assert "| enwik8 | All-attention network + adaptive span | paper | 39M | 38.50M | — | 1.060 ± 0.014 (n=2) | — " \
+           "| 1.01 | 1.040 ± 0.014 (n=2) | +0.030 |" in table1
+    assert "| text8 | All-attention network + adaptive span | paper | 38M | — |" in table1
+    assert "| 19.7 | 21.00 (n=1) | +1.30 | 20.6 | 22.00 (n=1) | +1.40 |" in (tmp_path / "table2.md").read_text()
+    assert r"1.040 $\pm$ 0.014 (n=2)" in (tmp_path / "table1.tex").read_text()
+
+
+def test_compare_variants_deltas(demo_runs: pd.DataFrame) -> None:
+    table = compare_variants(demo_runs, "transformer")
+    base_mean = np.mean(DEV[("transformer", 0)])
+    assert table["is_baseline"].tolist() == [True] + [False] * 7 and set(table["metric"]) == {"dev_bpc"}
+    for _, row in table.iterrows():
+        key = (row["variant"], row["num_persistent"])
+        mean, std = mean_std(DEV[key])
+        assert (row["mean"], row["std"], row["n"]) == (pytest.approx(mean), pytest.approx(std), 2)
+        assert row["delta"] == pytest.approx(mean - base_mean)
+        assert row["delta_params"] == PARAMS[key] - PARAMS[("transformer", 0)]
+        assert row["floor_gap"] == pytest.approx(mean - FLOOR)
+
+
+def test_compare_variants_baseline_choice(demo_runs: pd.DataFrame) -> None:
+    with pytest.raises(UserError, match="ambiguous"):
+        compare_variants(demo_runs, "all_attention")
+    table = compare_variants(demo_runs, "all_attention:16", split="test")
+    base = table[table["is_baseline"]].iloc[0]
+    assert (base["variant"], base["num_persistent"], base["delta"], base["metric"]) == ("all_attention", 16, 0.0, "test_bpc")
+
+
+def test_report_formats(demo_runs: pd.DataFrame) -> None:
+    table = compare_variants(demo_runs, "transformer")
+    assert len(pd.read_csv(io.StringIO(format_report(table, "csv")))) == 8
+    markdown = format_report(table, "markdown")
+    assert "| transformer (baseline) | 0 | 2 | 2 | 2.080 ± 0.042 | +0.000 | 17.5k | +0 |" in markdown
+    assert "| attention_only | 0 | 4 | 2 | 2.550 ± 0.071 | +0.470 | 17.0k | -500 |" in markdown
+    assert r"\begin{tabular}" in format_report(table, "latex")
+
+
+@pytest.mark.parametrize("module", ["collect", "figure2", "tables", "report"])
+def test_cli_missing_dir_is_one_line_error(module: str, tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", f"analysis.{module}", str(tmp_path / "missing")],
+                            cwd=PROJECT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+    assert "missing" in result.stderr
+
+
+def test_report_cli_on_fixture(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "analysis.report", str(DEMO), "--format", "csv"],
+                            cwd=PROJECT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "1 run(s) without a final evaluation left out (FAILED 1)" in result.stderr
+    assert set(pd.read_csv(io.StringIO(result.stdout))["variant"]) == {v for v, _ in DEV}

@@ -1,0 +1,141 @@
+"""The strict config loader: every malformed input is one line naming the key."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from experiments.config import parse_yaml
+from experiments.run_config import load_run_config
+from model.errors import ConfigError
+from tests.conftest import PROJECT_ROOT
+
+VALID = """\
+name: tiny
+model:
+  variant: all_attention
+  vocab_size: 30
+  num_layers: 2
+  d_model: 16
+  num_heads: 2
+  num_persistent: 8
+  attn_span: 16
+  dropout: 0.1
+data:
+  dataset: lexicon
+  path: data/lexicon
+optim:
+  name: adagrad
+  lr: 0.07
+  clip: 0.03
+train:
+  steps: 10
+  block_size: 8
+  batch_size: 4
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "run.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_valid_config_loads(tmp_path):
+    cfg = load_run_config(write(tmp_path, VALID))
+    assert cfg.model.num_persistent == 8 and cfg.optim.lr == 0.07
+    assert cfg.run_id.startswith("tiny-") and len(cfg.run_id) == len("tiny-") + 8
+
+
+def test_exponent_without_dot_is_a_float():
+    assert parse_yaml("a: 1e-3")["a"] == 0.001
+    assert isinstance(parse_yaml("a: 5e-7")["a"], float)
+    assert parse_yaml("a: 12")["a"] == 12
+
+
+def test_base_inheritance_and_overrides(tmp_path):
+    write(tmp_path, VALID, "base.yaml")
+    child = write(tmp_path, "base: base.yaml\nmodel:\n  num_layers: 3\n", "child.yaml")
+    cfg = load_run_config(child, ["model.num_persistent=4", "optim.lr=1e-2"])
+    assert (cfg.model.num_layers, cfg.model.num_persistent, cfg.optim.lr) == (3, 4, 0.01)
+    assert cfg.model.d_model == 16
+
+
+def test_hash_ignores_name_and_slurm(tmp_path):
+    a = load_run_config(write(tmp_path, VALID))
+    b = load_run_config(write(tmp_path, VALID), ["name=other", "slurm.mem_gb=99"])
+    c = load_run_config(write(tmp_path, VALID), ["train.seed=1"])
+    assert a.config_hash == b.config_hash != c.config_hash
+
+
+def _replace(old: str, new: str) -> str:
+    assert old in VALID, old
+    return VALID.replace(old, new)
+
+
+MALFORMED = [
+    # (yaml text, expected key in the message)
+    (_replace("  num_heads: 2\n", "  num_heads: 2\n  num_head: 3\n"), "model.num_head"),
+    (_replace("  dropout: 0.1\n", "  dropout: 0.1\n  dropout: 0.2\n"), "dropout"),
+    (_replace("num_heads: 2", "num_heads: 3"), "model.num_heads"),
+    (_replace("num_persistent: 8", "num_persistent: -1"), "model.num_persistent"),
+    (_replace("attn_span: 16", "attn_span: 0"), "model.attn_span"),
+    (_replace("dropout: 0.1", "dropout: 1.0"), "model.dropout"),
+    (_replace("num_layers: 2", "num_layers: two"), "model.num_layers"),
+    (_replace("num_layers: 2", "num_layers: 2.5"), "model.num_layers"),
+    (_replace("num_layers: 2", "num_layers: true"), "model.num_layers"),
+    (_replace("variant: all_attention", "variant: all_attn"), "model.variant"),
+    (_replace("  dropout: 0.1\n", "  dropout: 0.1\n  ffn_size: 64\n"), "model.ffn_size"),
+    (_replace("variant: all_attention", "variant: transformer"), "model.num_persistent"),
+    (_replace("lr: 0.07", "lr: -1"), "optim.lr"),
+    (_replace("name: adagrad", "name: sgd"), "optim.name"),
+    (_replace("  batch_size: 4\n", "  batch_size: 4\n  batch_split: 3\n"), "train.batch_split"),
+    (_replace("  steps: 10\n", ""), "train.steps"),
+    (_replace("optim:", "optimizer:"), "optimizer"),
+    (_replace("model:\n", "model: 3\nmodel_:\n"), "model"),
+    (_replace("  dropout: 0.1\n", "  dropout: 0.1\n  adaptive_span:\n    loss_coef: 1e-7\n"), "model.adaptive_span.loss_coef"),
+    (_replace("dataset: lexicon", "dataset: enwik9"), "data.dataset"),
+    (VALID + "eval:\n  splits: [dev]\n", "eval.splits"),
+    ("model: [unclosed\n", "invalid YAML"),
+]
+
+
+@pytest.mark.parametrize("text,key", MALFORMED, ids=[k for _, k in MALFORMED])
+def test_malformed_config_is_rejected_naming_the_key(tmp_path, text, key):
+    with pytest.raises(ConfigError) as info:
+        load_run_config(write(tmp_path, text))
+    message = str(info.value)
+    assert key in message and "\n" not in message
+
+
+def test_did_you_mean(tmp_path):
+    with pytest.raises(ConfigError, match=r"model\.num_head: unknown key \(did you mean 'num_heads'\?\)"):
+        load_run_config(write(tmp_path, _replace("num_heads: 2", "num_head: 2")))
+
+
+@pytest.mark.parametrize("override,key", [
+    ("model.num_persistant=3", "model.num_persistant"),
+    ("model.dropout=abc", "model.dropout"),
+    ("novalue", "--set"),
+])
+def test_bad_override_is_rejected(tmp_path, override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_run_config(write(tmp_path, VALID), [override])
+
+
+def test_cli_reports_one_line_and_exit_2(tmp_path):
+    bad = write(tmp_path, _replace("num_heads: 2", "num_heads: 3"))
+    proc = subprocess.run([sys.executable, "-m", "experiments.train", str(bad)], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "model.num_heads" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_paper_configs_load():
+    for path in sorted((PROJECT_ROOT / "experiments" / "paper").glob("*.yaml")):
+        cfg = load_run_config(path)
+        assert cfg.model.d_model == 512 and cfg.model.num_heads == 8, path

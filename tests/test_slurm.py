@@ -1,0 +1,233 @@
+"""Submission layer: against the real local SLURM (slurm/local/up.sh) and submitit's local executor."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cloudpickle
+import pytest
+import yaml
+
+from analysis.collect import read_metrics
+from experiments.grid import load_grid
+from slurm import manifest
+from slurm.job import TrainingJob
+from tests.conftest import PROJECT_ROOT
+from tests.helpers import TINY_RUN, prepare_lexicon
+from tests.slurm_cluster import require_slurm
+
+GOLDEN = Path(__file__).parent / "golden"
+DETERMINISTIC = ("step", "split", "loss", "bpc", "lr")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return prepare_lexicon(tmp_path_factory.mktemp("lexicon") / "lexicon")
+
+
+def write_grid(folder: Path, corpus: Path, name: str, body: dict, **sections: dict) -> Path:
+    """A grid over the tiny run, with `sections` overriding the base."""
+    from experiments.data import load_corpus
+
+    base = json.loads(json.dumps(TINY_RUN))
+    base["data"]["path"] = str(corpus)
+    base["model"]["vocab_size"] = len(load_corpus(corpus).vocab)
+    base["model"]["dropout"] = 0.0
+    base["slurm"] = {"cpus_per_task": 1, "mem_gb": 1, "timeout_min": 20}
+    for section, values in sections.items():
+        base[section].update(values)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({**base, **body}))
+    return path
+
+
+def submit(grid: Path, root: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "slurm.submit", str(grid), "--root", str(root), *args]
+    return subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def status(grid: Path, root: Path, *args: str) -> str:
+    cmd = [sys.executable, "-m", "slurm.status", str(grid), "--root", str(root), *args]
+    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def wait_done(grid: Path, root: Path, timeout: float = 240) -> list[dict]:
+    """Poll status.json of every run until none is pending or running."""
+    dirs = load_grid(grid).run_dirs(root)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        states = [_status(d) for d in dirs]
+        if all(s.get("state") in ("DONE", "FAILED", "CANCELLED") for s in states):
+            return states
+        time.sleep(1)
+    raise AssertionError(f"runs not finished after {timeout} s:\n{status(grid, root)}")
+
+
+def _status(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "status.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def results(grid: Path, root: Path) -> dict[str, tuple]:
+    """Per run: final eval numbers and the deterministic metrics (requeue duplicates dropped)."""
+    out = {}
+    for run_dir in load_grid(grid).run_dirs(root):
+        result = json.loads((run_dir / "eval.json").read_text())
+        metrics = [tuple(r.get(k) for k in DETERMINISTIC) for r in read_metrics(run_dir / "metrics.jsonl")]
+        out[run_dir.name] = (result["valid"], result["test"], metrics)
+    return out
+
+
+THREE_RUNS = {"grid": {"model.num_persistent": [4, 8, 16]}}
+
+
+@pytest.fixture(scope="module")
+def local_results(corpus, tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("local")
+    grid = write_grid(folder, corpus, "three", THREE_RUNS)
+    proc = submit(grid, folder / "root", "--executor", "local", "--wait", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return results(grid, folder / "root")
+
+
+def test_local_executor_runs_the_grid(local_results):
+    assert len(local_results) == 3
+
+
+def test_grid_on_slurm_matches_local_and_is_not_resubmitted(corpus, tmp_path, local_results):
+    require_slurm()
+    grid = write_grid(tmp_path, corpus, "three", THREE_RUNS)
+    root = tmp_path / "root"
+    first = submit(grid, root, "--cluster", "local", "--max-parallel", "2")
+    assert first.returncode == 0, first.stderr
+    assert "3 to submit" in first.stdout and re.search(r"submitted 3 runs: jobs \d+", first.stdout)
+    assert {e["array_index"] for e in manifest.load(root / "three").values()} == {0, 1, 2}
+    states = wait_done(grid, root)
+    assert [s["state"] for s in states] == ["DONE"] * 3
+    assert results(grid, root) == local_results
+    again = submit(grid, root, "--cluster", "local")
+    assert again.returncode == 0 and "3 done, 0 active, 0 to submit" in again.stdout
+    assert "submitted 0 runs" in again.stdout
+    assert status(grid, root).count(" DONE ") == 3
+
+
+def _job_of(root: Path, grid_name: str) -> str:
+    (entry,) = manifest.load(root / grid_name).values()
+    return entry["job_id"]
+
+
+def _wait_for_step(run_dir: Path, step: int, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if _status(run_dir).get("step", 0) >= step and _status(run_dir).get("state") == "RUNNING":
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{run_dir.name} never reached step {step}")
+
+
+def _long_run(tmp_path: Path, corpus: Path, name: str, steps: int, timeout_min: int = 20) -> Path:
+    return write_grid(tmp_path, corpus, name, {}, train={"steps": steps, "checkpoint_every": 50, "log_every": 10,
+                                                       "eval_every": 1000},
+                      slurm={"cpus_per_task": 1, "mem_gb": 1, "timeout_min": timeout_min})
+
+
+def _reference(tmp_path: Path, grid: Path) -> dict:
+    ref_root = tmp_path / "reference"
+    proc = submit(grid, ref_root, "--executor", "local", "--wait", timeout=400)
+    assert proc.returncode == 0, proc.stderr
+    return results(grid, ref_root)
+
+
+def test_requeued_job_resumes_from_its_checkpoint(corpus, tmp_path):
+    require_slurm()
+    grid = _long_run(tmp_path, corpus, "requeue", steps=600)
+    root = tmp_path / "root"
+    assert submit(grid, root, "--cluster", "local").returncode == 0
+    (run_dir,) = load_grid(grid).run_dirs(root)
+    _wait_for_step(run_dir, 120)
+    subprocess.run(["scontrol", "requeue", _job_of(root, "requeue")], check=True)
+    (final,) = wait_done(grid, root, timeout=300)
+    assert final["state"] == "DONE" and final["attempt"] >= 2
+    assert results(grid, root) == _reference(tmp_path, grid)
+    table = status(grid, root)
+    assert re.search(r" DONE .* (\d+) ", table) and f" {final['attempt']} " in table
+
+
+def test_job_reaching_its_time_limit_is_requeued_and_finishes(corpus, tmp_path):
+    require_slurm()
+    # A 1-minute limit with the signal 45 s before it: USR2 arrives 15-45 s into the job.
+    grid = _long_run(tmp_path, corpus, "timeout", steps=4000, timeout_min=1)
+    root = tmp_path / "root"
+    assert submit(grid, root, "--cluster", "local").returncode == 0
+    (final,) = wait_done(grid, root, timeout=420)
+    assert final["state"] == "DONE" and final["attempt"] >= 2, final
+    assert results(grid, root) == _reference(tmp_path, grid)
+
+
+def test_two_task_job_runs_ddp_and_matches_one_process(corpus, tmp_path):
+    require_slurm()
+    one = write_grid(tmp_path / "one", corpus, "ddp", {}, train={"steps": 20})
+    two = write_grid(tmp_path / "two", corpus, "ddp", {}, train={"steps": 20},
+                     slurm={"cpus_per_task": 1, "mem_gb": 1, "cpu_tasks_per_node": 2})
+    for grid, root in ((one, tmp_path / "r1"), (two, tmp_path / "r2")):
+        assert submit(grid, root, "--cluster", "local").returncode == 0
+    (s1,), (s2,) = wait_done(one, tmp_path / "r1"), wait_done(two, tmp_path / "r2")
+    assert s1["state"] == s2["state"] == "DONE"
+    (r1,), (r2,) = results(one, tmp_path / "r1").values(), results(two, tmp_path / "r2").values()
+    for a, b in zip(r1[2], r2[2]):
+        assert a[:2] == b[:2] and a[2] == pytest.approx(b[2], abs=1e-5)
+    assert r1[0]["loss"] == pytest.approx(r2[0]["loss"], abs=1e-5)
+
+
+def test_failing_run_is_reported_with_its_error_tail(corpus, tmp_path):
+    require_slurm()
+    # The bad run reads a corpus that vanishes after submission.
+    broken = tmp_path / "vanishing-corpus"
+    broken.symlink_to(corpus)
+    grid = write_grid(tmp_path, corpus, "mixed", {"runs": [{"name": "good"}, {"name": "bad", "data.path": str(broken)}]})
+    root = tmp_path / "root"
+    assert submit(grid, root, "--cluster", "local").returncode == 0
+    broken.unlink()
+    states = wait_done(grid, root)
+    assert sorted(s["state"] for s in states) == ["DONE", "FAILED"]
+    tail = status(grid, root, "--tail")
+    assert "no prepared data there" in tail and "FAILED" in tail
+
+
+def _normalised(text: str, root: Path) -> str:
+    return text.replace(str(root), "<ROOT>").replace(sys.executable, "<PYTHON>")
+
+
+@pytest.mark.parametrize("profile", ["local", "example_gpus", "example_gres"])
+def test_golden_sbatch_script_per_profile(corpus, tmp_path, profile):
+    gpus = 0 if profile == "local" else 8
+    grid = write_grid(tmp_path, corpus, "golden", THREE_RUNS,
+                      slurm={"gpus_per_node": gpus, "cpus_per_task": 4, "mem_gb": 32, "timeout_min": 600})
+    root = tmp_path / "root"
+    proc = submit(grid, root, "--cluster", profile, "--dry-run", "--max-parallel", "2")
+    assert proc.returncode == 0, proc.stderr
+    (script,) = (root / "golden" / "dry-run").glob("*.sbatch")
+    golden = GOLDEN / f"{profile}.sbatch"
+    text = _normalised(script.read_text(), root)
+    if os.environ.get("UPDATE_GOLDEN") == "1":  # regenerate deliberately, then review the diff
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(text)
+    assert text == golden.read_text()
+    assert not (root / "golden" / "manifest.json").exists()
+
+
+def test_job_object_survives_cloudpickle(tmp_path):
+    job = TrainingJob(tmp_path / "run")
+    clone = cloudpickle.loads(cloudpickle.dumps(job))
+    assert clone.run_dir == str(tmp_path / "run") and callable(clone)
+    assert cloudpickle.loads(cloudpickle.dumps(clone.checkpoint())).function.run_dir == clone.run_dir

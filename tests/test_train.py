@@ -1,0 +1,170 @@
+"""Training: run directory, exact resume after SIGKILL/SIGTERM, accumulation, failure."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from analysis.collect import read_metrics
+from experiments import checkpoint
+from experiments.distributed import DistContext
+from experiments.run_config import load_run_config
+from experiments.run_dir import RunDir
+from experiments.trainer import Trainer
+from experiments.data import load_corpus
+from tests.conftest import PROJECT_ROOT
+from tests.helpers import prepare_lexicon, tiny_config
+
+CPU = DistContext(rank=0, world_size=1, device=torch.device("cpu"))
+DETERMINISTIC = ("step", "tokens", "split", "loss", "bpc", "lr", "span_mean", "span_max")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return prepare_lexicon(tmp_path_factory.mktemp("lexicon") / "lexicon")
+
+
+def train_cmd(config: Path, run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "experiments.train", str(config), "--run-dir", str(run_dir)]
+
+
+def run_train(config: Path, run_dir: Path, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(train_cmd(config, run_dir), cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=300, **kwargs)
+
+
+def final_state(run_dir: Path) -> dict:
+    newest = checkpoint.complete_checkpoints(run_dir / "checkpoints")[0]
+    return torch.load(newest / "shared.pt", weights_only=True)
+
+
+def deterministic_metrics(run_dir: Path) -> list[dict]:
+    return [{k: r.get(k) for k in DETERMINISTIC} for r in read_metrics(run_dir / "metrics.jsonl")]
+
+
+def assert_identical_runs(a: Path, b: Path) -> None:
+    sa, sb = final_state(a), final_state(b)
+    assert sa["state"]["step"] == sb["state"]["step"]
+    for key in sa["model"]:
+        assert torch.equal(sa["model"][key], sb["model"][key]), key
+    for pid, state in sa["optimizer"]["state"].items():
+        assert torch.equal(state["sum"], sb["optimizer"]["state"][pid]["sum"])
+    assert deterministic_metrics(a) == deterministic_metrics(b)
+    ea, eb = json.loads((a / "eval.json").read_text()), json.loads((b / "eval.json").read_text())
+    assert ea["valid"] == eb["valid"] and ea["test"] == eb["test"]
+
+
+@pytest.fixture(scope="module")
+def reference_run(corpus, tmp_path_factory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("reference")
+    config = tiny_config(tmp, corpus, train={"steps": 20, "finetune_steps": 4})
+    run_dir = tmp / "run"
+    proc = run_train(config, run_dir)
+    assert proc.returncode == 0, proc.stderr
+    return config, run_dir
+
+
+def test_run_directory_contents(reference_run):
+    _, run_dir = reference_run
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "DONE" and status["step"] == 24 and status["attempt"] == 1
+    records = read_metrics(run_dir / "metrics.jsonl")
+    train = [r for r in records if r["split"] == "train"]
+    assert [r["step"] for r in train] == list(range(1, 25))
+    assert {"step", "tokens", "split", "loss", "bpc", "lr", "ms_per_step", "tokens_per_s", "span_mean",
+            "span_max", "attempt", "time"} <= set(train[0])
+    assert train[0]["lr"] == pytest.approx(0.07 / 3) and train[-1]["lr"] == pytest.approx(0.007)
+    assert [r["step"] for r in records if r["split"] == "val_partial"] == [6, 12, 18, 24]
+    result = json.loads((run_dir / "eval.json").read_text())
+    assert result["unit"] == "bpc" and result["valid"]["tokens"] > 0 and result["params_total"] > 0
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    assert {"git_sha", "python", "torch", "host", "command"} <= set(provenance)
+    assert len(checkpoint.complete_checkpoints(run_dir / "checkpoints")) == 2
+    assert (run_dir / "config.yaml").exists()
+
+
+def _wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen) -> None:
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        records = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
+        if any(r["split"] == "train" and r["step"] >= step for r in records):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"training never reached step {step}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_and_resumed_run_is_bit_identical(reference_run, tmp_path, sig):
+    config, reference = reference_run
+    run_dir = tmp_path / "run"
+    kill_at = random.Random(sig).randint(2, 20)
+    proc = subprocess.Popen(train_cmd(config, run_dir), cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for_step(run_dir, kill_at, proc)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    if proc.returncode != 0:  # a fast machine may finish first; otherwise the signal must have acted
+        assert proc.returncode == -sig if sig == signal.SIGKILL else 128 + sig, stderr
+    if sig == signal.SIGTERM and proc.returncode == 128 + sig:
+        status = json.loads((run_dir / "status.json").read_text())
+        assert status["state"] == "PENDING" and "SIGTERM" in stderr
+    resumed = run_train(config, run_dir)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_identical_runs(reference, run_dir)
+
+
+def test_corrupted_newest_checkpoint_is_skipped(reference_run, tmp_path):
+    config, reference = reference_run
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(train_cmd(config, run_dir), cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    _wait_for_step(run_dir, 13, proc)  # checkpoints at steps 8 and 12 exist by now
+    proc.kill()
+    proc.wait()
+    newest = checkpoint.complete_checkpoints(run_dir / "checkpoints")[0]
+    (newest / "shared.pt").write_bytes(b"garbage")
+    resumed = run_train(config, run_dir)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "skipping unreadable checkpoint" in resumed.stderr
+    assert_identical_runs(reference, run_dir)
+
+
+def _trainer(config: Path, run_dir: Path, *overrides: str) -> Trainer:
+    cfg = load_run_config(config, overrides)
+    return Trainer(cfg, RunDir(run_dir), load_corpus(cfg.data.path), CPU)
+
+
+def test_batch_split_equals_unsplit_batch(corpus, tmp_path):
+    config = tiny_config(tmp_path, corpus, model={"dropout": 0.0})
+    whole = _trainer(config, tmp_path / "a")
+    split = _trainer(config, tmp_path / "b", "train.batch_split=2")
+    for _ in range(5):
+        loss_whole, loss_split = whole.train_step(1.0), split.train_step(1.0)
+        assert loss_whole == pytest.approx(loss_split, abs=1e-6)
+    for (name, p), q in zip(whole.model.named_parameters(), split.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=name)
+
+
+def test_non_finite_loss_fails_the_run_and_keeps_the_last_checkpoint(corpus, tmp_path):
+    config = tiny_config(tmp_path, corpus, train={"steps": 12})
+    trainer = _trainer(config, tmp_path / "run")
+    trainer.run_dir.path.mkdir(parents=True)
+    original = trainer.model.forward
+
+    def poisoned(tokens, cache, targets):
+        nll, cache = original(tokens, cache, targets)
+        return (nll * float("nan") if trainer.state["step"] >= 5 else nll), cache
+
+    trainer.model.forward = poisoned
+    from experiments.trainer import NonFiniteLoss
+    with pytest.raises(NonFiniteLoss, match="non-finite training loss"):
+        trainer.run()
+    assert [p.name for p in checkpoint.complete_checkpoints(trainer.run_dir.checkpoints)] == ["step_000000004"]
