@@ -9,6 +9,7 @@ tokens/s, and the distance to the entropy floor when the data has one (lexicon).
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Sequence
 
 import pandas as pd
@@ -39,7 +40,7 @@ def compare_variants(runs: pd.DataFrame, baseline: str = "transformer", split: s
         metric=column, delta=summary["mean"] - base["mean"],
         delta_params=summary["params_total"] - base["params_total"],
         delta_flops=summary["flops_per_token"] - base["flops_per_token"],
-        floor_gap=summary["mean"] - summary["entropy_floor_bpc"],
+        floor_gap=summary["mean"] - summary["entropy_floor_bpc"] if column.endswith("_bpc") else math.nan,
         is_baseline=summary.index == base.name,
     )
 

@@ -2,10 +2,10 @@
 
 A signal handler runs between two bytecodes, possibly in the middle of an
 optimizer step, so it only records the signal. The training loop checks the
-flag after each update, writes a checkpoint, then forwards the signal: to the
-handler that was installed before (submitit's, which requeues the SLURM job and
-exits) or, with no Python handler before, by stopping the run so the command
-exits with 128 + signal number.
+flag after each update, writes a checkpoint, then acts on the signal: SIGUSR2
+goes to the handler installed before (submitit's, which requeues the SLURM job
+and exits); otherwise the run stops and the command exits with 128 + signal
+number. A later attempt resumes from that checkpoint.
 """
 from __future__ import annotations
 
@@ -35,22 +35,14 @@ class InterruptFlag:
     def _record(self, signum: int, frame: FrameType | None) -> None:
         self.signum, self._frame = signum, frame
 
-    @property
-    def pending(self) -> bool:
-        return self.signum is not None
-
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum else "none"
-
-    def forward(self) -> bool:
-        """Hand the signal on. True when the run must stop, False to carry on."""
-        signum, self.signum = self.signum, None
+    def forward(self, signum: int) -> bool:
+        """Hand `signum` (this step's signal, agreed by every rank) on. True when the run must stop."""
+        self.signum = None
         previous = self._previous.get(signum)
-        if callable(previous):
+        if signum == signal.SIGUSR2 and callable(previous):
             self.__exit__()
-            previous(signum, self._frame)  # submitit's USR2 handler requeues and exits here
-            self.__enter__()
-            return False
+            previous(signum, self._frame)  # submitit's handler requeues the job and exits here
+        # SIGTERM means SLURM is about to kill the job (scontrol requeue, preemption, scancel):
+        # submitit's SIGTERM handler would carry on training into the SIGKILL, so stop instead.
         self.stopped_by = signum
         return True

@@ -19,7 +19,7 @@ import torch
 from experiments.atomic import atomic_write_text
 from experiments.distributed import init_distributed, shutdown_distributed
 from experiments.run_dir import PROJECT_ROOT, RunDir
-from model.errors import UserError, run_cli
+from model.errors import ConfigError, UserError, run_cli
 
 log = logging.getLogger("train")
 
@@ -81,7 +81,10 @@ def _start(cfg, run_dir: RunDir, ctx):
 
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    corpus = load_corpus(data_path(cfg), cfg.data.dataset)
+    try:
+        corpus = load_corpus(data_path(cfg), cfg.data.dataset)
+    except ConfigError as err:
+        raise err.under("data") from None
     if len(corpus.vocab) != cfg.model.vocab_size:
         raise UserError(f"model.vocab_size={cfg.model.vocab_size} but the data at {cfg.data.path} has "
                         f"{len(corpus.vocab)} symbols; set model.vocab_size: {len(corpus.vocab)}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ from experiments import checkpoint
 from experiments.batches import TokenStream, restart_offset
 from experiments.distributed import DistContext
 from experiments.evaluate import evaluate_stream, evaluate_tokens, unit_value
-from experiments.interrupt import InterruptFlag
+from experiments.interrupt import SIGNALS, InterruptFlag
 from experiments.optim import build_optimizer, clip_global_, learning_rate, set_learning_rate
 from experiments.run_dir import RunDir
 from model.errors import ConfigError, UserError
@@ -293,13 +294,20 @@ class Trainer:
 
     def _handle_interrupt(self, stage: str) -> bool:
         """On SIGTERM/SIGUSR2: checkpoint at this step boundary, then let the signal act."""
-        if not self.interrupt.pending:
+        signum = self._agreed_signal()
+        if signum is None:
             return False
         if not self._checkpointed_now():
             self.save_checkpoint()
         self._set_status("PENDING", stage)
-        log.info("interrupted by %s at step %d; checkpoint saved", self.interrupt.name, self.state["step"])
-        return self.interrupt.forward()
+        log.info("interrupted by %s at step %d; checkpoint saved", signal.Signals(signum).name, self.state["step"])
+        return self.interrupt.forward(signum)
+
+    def _agreed_signal(self) -> int | None:
+        """The signal to stop at after this step, the same on every rank: ranks receive a
+        signal at different steps, and all must checkpoint the same one."""
+        received = self.ctx.all_reduce_sum([float(self.interrupt.signum == s) for s in SIGNALS])
+        return next((s for s, count in zip(SIGNALS, received) if count > 0), None)
 
 
 def _split_rows(rows: int, parts: int) -> list[int]:

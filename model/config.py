@@ -6,7 +6,7 @@ Errors are `ConfigError`s naming the field; the YAML loader prefixes the section
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from model.errors import ConfigError
 
@@ -45,8 +45,11 @@ class AdaptiveSpanConfig:
             raise ConfigError("init", f"must be in [0, 1], got {self.init}")
         if self.loss_coef < 0:
             raise ConfigError("loss_coef", f"must be >= 0, got {self.loss_coef}")
-        if not self.enabled and self.loss_coef != 0.0:
-            raise ConfigError("loss_coef", "is set but adaptive_span.enabled is false")
+        if not self.enabled:
+            # a span setting that differs from its default would be silently ignored
+            for spec in fields(self):
+                if spec.name != "enabled" and getattr(self, spec.name) != spec.default:
+                    raise ConfigError(spec.name, "is set but adaptive_span.enabled is false")
 
 
 @dataclass
@@ -143,3 +146,6 @@ class ModelConfig:
             raise ConfigError("adaptive_cutoffs", f"must increase strictly within (0, vocab_size={self.vocab_size}), got {cutoffs}")
         if self.adaptive_div_value is None or self.adaptive_div_value < 1.0:
             raise ConfigError("adaptive_div_value", "must be set to a value >= 1 with output: adaptive")
+        narrowest = self.d_model // self.adaptive_div_value ** len(cutoffs)
+        if narrowest < 1:
+            raise ConfigError("adaptive_div_value", f"{self.adaptive_div_value} leaves the last cluster of width 0 (d_model={self.d_model})")

@@ -28,7 +28,7 @@ ACTIVATIONS_PER_TOKEN = 9
 
 def is_embedding(name: str) -> bool:
     """Token embedding and output-layer parameters (the adaptive input/softmax tables too)."""
-    return name.split(".")[0] in ("embedding", "output", "adaptive_io")
+    return name.split(".")[0] in ("embed", "out", "adaptive")
 
 
 def is_persistent(name: str) -> bool:

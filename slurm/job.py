@@ -9,15 +9,19 @@ to submitit's handler, which calls `checkpoint()` below and requeues the job.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import submitit
 
-from experiments.run_dir import RunDir
 
 
 class RunFailed(RuntimeError):
     """The run ended FAILED; its status.json holds the error tail."""
+
+
+class RunInterrupted(RuntimeError):
+    """SLURM signalled the job (requeue, preemption, scancel); the run checkpointed and stopped."""
 
 
 class TrainingJob(submitit.helpers.Checkpointable):
@@ -25,12 +29,19 @@ class TrainingJob(submitit.helpers.Checkpointable):
         self.run_dir = str(run_dir)
 
     def __call__(self) -> str:
+        # Imported here, not at the top: unpickling this job must be quick, because submitit
+        # installs its signal handlers only after it (an early SIGUSR2 would kill the job).
         from experiments.run_config import load_run_config
+        from experiments.run_dir import RunDir
         from experiments.train import run_training
 
         _export_distributed_env()
         run_dir = RunDir(self.run_dir)
         code = run_training(load_run_config(run_dir.config), run_dir)
+        if code > 128:
+            raise RunInterrupted(f"run {run_dir.path.name} stopped by {signal.Signals(code - 128).name} at a checkpoint "
+                                 "(step {}); a SLURM requeue or resubmitting the grid resumes it"
+                                 .format(run_dir.read_status().get("step")))
         if code != 0:
             raise RunFailed(f"run {run_dir.path.name} exited with status {code}: {run_dir.read_status().get('error')}")
         return self.run_dir

@@ -83,17 +83,17 @@ def print_table(planned: list[PlannedRun]) -> None:
           f"{counts['SUBMIT']} to submit ({total:.1f} GPU-hours estimated)")
 
 
-def make_executor(folder: Path, cfg: RunConfig, runs: list[PlannedRun], profile: ClusterProfile,
+def make_executor(grid_dir: Path, cfg: RunConfig, runs: list[PlannedRun], profile: ClusterProfile,
                   local: bool, max_parallel: int) -> submitit.Executor:
-    """An executor for runs that share `cfg`'s resources."""
+    """An executor for runs that share `cfg`'s resources; logs go to <grid_dir>/.submitit/<job id>/."""
     s = cfg.slurm
     attempt_min = min(s.timeout_min, profile.max_time_min)
     longest_h = max(p.gpu_hours / max(1, s.gpus_per_node * s.nodes) for p in runs)
     # Enough requeues to finish the longest run, plus slack for preemptions.
     max_timeouts = math.ceil(60 * longest_h / attempt_min) + 2
-    executor = submitit.AutoExecutor(folder=folder, cluster="local" if local else "slurm",
+    executor = submitit.AutoExecutor(folder=grid_dir / ".submitit" / "%j", cluster="local" if local else "slurm",
                                      slurm_max_num_timeout=max_timeouts, local_max_num_timeout=max_timeouts)
-    params = dict(name=folder.parent.name, timeout_min=attempt_min, nodes=s.nodes,
+    params = dict(name=grid_dir.name, timeout_min=attempt_min, nodes=s.nodes,
                   tasks_per_node=s.tasks_per_node, cpus_per_task=s.cpus_per_task, mem_gb=s.mem_gb)
     if not local:
         params.update(slurm_partition=profile.partition, slurm_array_parallelism=max_parallel,
@@ -193,8 +193,7 @@ def submit_planned(grid_dir: Path, planned: list[PlannedRun], profile: ClusterPr
         if force:
             for p in shape_runs:
                 _archive_for_rerun(p.run_dir)
-        executor = make_executor(grid_dir / ".submitit" / "%j", shape_runs[0].cfg, shape_runs, profile, local,
-                                 max_parallel)
+        executor = make_executor(grid_dir, shape_runs[0].cfg, shape_runs, profile, local, max_parallel)
         jobs += submit_group(grid_dir, shape_runs, executor)
     ids = sorted({j.job_id.split("_")[0] for j in jobs})
     print(f"submitted {len(jobs)} runs" + (f": jobs {', '.join(ids)}" if jobs else ""))
@@ -213,7 +212,7 @@ def _dry_run(grid_dir: Path, planned: list[PlannedRun], profile: ClusterProfile,
         print("dry run: the local executor writes no sbatch script")
         return 0
     for shape, runs in _groups([p for p in planned if p.state == "SUBMIT"]).items():
-        executor = make_executor(grid_dir / ".submitit" / "%j", runs[0].cfg, runs, profile, False, k)
+        executor = make_executor(grid_dir, runs[0].cfg, runs, profile, False, k)
         path = grid_dir / "dry-run" / f"array-{'-'.join(map(str, shape))}.sbatch"
         atomic_write_text(path, sbatch_script(executor, len(runs)))
         print(f"dry run: would submit {len(runs)} runs with {path}")
@@ -227,9 +226,16 @@ def wait_for(jobs: list[submitit.Job]) -> int:
             job.result()
         except Exception as err:  # noqa: BLE001 - report every failed run, then fail once
             failed += 1
-            print(f"job {job.job_id} failed: {str(err).strip().splitlines()[-1]}", file=sys.stderr)
+            print(f"job {job.job_id} failed: {_cause(str(err))} (log: {job.paths.stderr})", file=sys.stderr)
     print(f"{len(jobs) - failed} of {len(jobs)} runs finished")
     return 1 if failed else 0
+
+
+def _cause(message: str) -> str:
+    """The exception line of submitit's failure message (the traceback sits between dashed rules)."""
+    lines = message.strip().splitlines()
+    rules = [i for i, line in enumerate(lines) if line.startswith("-----")]
+    return lines[rules[1] - 1].strip() if len(rules) >= 2 else lines[0]
 
 
 if __name__ == "__main__":

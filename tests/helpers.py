@@ -32,7 +32,9 @@ def tiny_config(tmp_path: Path, corpus: Path, **sections: dict) -> Path:
     """Write TINY_RUN (sections merged one level deep) as a YAML file; returns its path."""
     cfg = copy.deepcopy(TINY_RUN)
     cfg["data"]["path"] = str(corpus)
-    cfg["model"]["vocab_size"] = len(data.load_corpus(corpus).vocab)
+    prepared = data.load_corpus(corpus)
+    cfg["model"]["vocab_size"] = len(prepared.vocab)
+    cfg["data"]["dataset"] = prepared.meta["dataset"]
     for section, values in sections.items():
         if isinstance(values, dict):
             cfg[section].update(values)

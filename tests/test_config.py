@@ -1,6 +1,7 @@
 """The strict config loader: every malformed input is one line naming the key."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from experiments.config import parse_yaml
+from experiments.grid import load_grid
 from experiments.run_config import load_run_config
 from model.errors import ConfigError
 from tests.conftest import PROJECT_ROOT
@@ -135,7 +137,29 @@ def test_cli_reports_one_line_and_exit_2(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_paper_configs_load():
-    for path in sorted((PROJECT_ROOT / "experiments" / "paper").glob("*.yaml")):
-        cfg = load_run_config(path)
-        assert cfg.model.d_model == 512 and cfg.model.num_heads == 8, path
+AUTHORS_PARAMS = {  # what the authors' released code counts for the same geometry
+    "enwik8_small": 38_500_700, "enwik8_large": 114_016_748, "text8_small": 38_320_300,
+    "text8_large": 113_836_348, "wikitext103": 132_493_746,
+}
+
+
+@pytest.mark.parametrize("folder", ["paper", "cpu"])
+def test_committed_configs_and_grids_load(folder):
+    for path in sorted((PROJECT_ROOT / "experiments" / folder).glob("*.yaml")):
+        assert load_grid(path).runs, path
+
+
+@pytest.mark.parametrize("name", sorted(AUTHORS_PARAMS))
+def test_paper_config_parameter_counts_match_the_authors(name):
+    """`python -m model.summary --json` on each paper config: within 1% (in fact exact)."""
+    proc = subprocess.run([sys.executable, "-m", "model.summary", f"experiments/paper/{name}.yaml", "--json"],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    facts = json.loads(proc.stdout)
+    assert facts["params_total"] == pytest.approx(AUTHORS_PARAMS[name], rel=0.01)
+    cfg = load_run_config(PROJECT_ROOT / "experiments" / "paper" / f"{name}.yaml")
+    assert cfg.model.d_model == 512 and cfg.model.num_heads == 8
+    assert facts["params_persistent"] == 2 * 512 * cfg.model.num_persistent * cfg.model.num_layers
+    assert facts["flops_per_token"] == 6 * facts["params_non_embedding"] + 12 * cfg.model.num_layers * 512 * cfg.model.attn_span
+
+

@@ -16,6 +16,7 @@ import yaml
 from analysis.collect import read_metrics
 from experiments.grid import load_grid
 from slurm import manifest
+from slurm import status as slurm_status
 from slurm.job import TrainingJob
 from tests.conftest import PROJECT_ROOT
 from tests.helpers import TINY_RUN, prepare_lexicon
@@ -23,6 +24,7 @@ from tests.slurm_cluster import require_slurm
 
 GOLDEN = Path(__file__).parent / "golden"
 DETERMINISTIC = ("step", "split", "loss", "bpc", "lr")
+FINISHED = {"DONE", "FAILED", "CANCELLED", "LOST", *slurm_status.TERMINAL_SACCT}
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +62,13 @@ def status(grid: Path, root: Path, *args: str) -> str:
 
 
 def wait_done(grid: Path, root: Path, timeout: float = 240) -> list[dict]:
-    """Poll status.json of every run until none is pending or running."""
-    dirs = load_grid(grid).run_dirs(root)
+    """Poll until no run is pending or running (as `slurm.status` sees it, so that a job that
+    died without updating its status.json ends the wait); returns each run's status.json."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        states = [_status(d) for d in dirs]
-        if all(s.get("state") in ("DONE", "FAILED", "CANCELLED") for s in states):
-            return states
+        rows = slurm_status.status_rows(grid, root)
+        if all(r["state"] in FINISHED for r in rows):
+            return [_status(r["run_dir"].path) for r in rows]
         time.sleep(1)
     raise AssertionError(f"runs not finished after {timeout} s:\n{status(grid, root)}")
 
@@ -165,8 +167,9 @@ def test_requeued_job_resumes_from_its_checkpoint(corpus, tmp_path):
 
 def test_job_reaching_its_time_limit_is_requeued_and_finishes(corpus, tmp_path):
     require_slurm()
-    # A 1-minute limit with the signal 45 s before it: USR2 arrives 15-45 s into the job.
-    grid = _long_run(tmp_path, corpus, "timeout", steps=4000, timeout_min=1)
+    # slurmctld checks limits every 30 s and sends the signal early rather than late: with a
+    # 2-minute limit and the signal 45 s before it, USR2 arrives 45-75 s into each attempt.
+    grid = _long_run(tmp_path, corpus, "timeout", steps=12000, timeout_min=2)  # ~100 s of training
     root = tmp_path / "root"
     assert submit(grid, root, "--cluster", "local").returncode == 0
     (final,) = wait_done(grid, root, timeout=420)

@@ -168,3 +168,51 @@ def test_non_finite_loss_fails_the_run_and_keeps_the_last_checkpoint(corpus, tmp
     with pytest.raises(NonFiniteLoss, match="non-finite training loss"):
         trainer.run()
     assert [p.name for p in checkpoint.complete_checkpoints(trainer.run_dir.checkpoints)] == ["step_000000004"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_processes_match_one_process(corpus, tmp_path):
+    config = tiny_config(tmp_path, corpus, model={"dropout": 0.0}, train={"steps": 20, "eval_every": 10})
+    single = run_train(config, tmp_path / "single")
+    assert single.returncode == 0, single.stderr
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "GLOO_SOCKET_IFNAME": "lo"}
+        procs.append(subprocess.Popen(train_cmd(config, tmp_path / "ddp"), cwd=PROJECT_ROOT, env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr
+    one, two = read_metrics(tmp_path / "single" / "metrics.jsonl"), read_metrics(tmp_path / "ddp" / "metrics.jsonl")
+    assert [(r["split"], r["step"]) for r in one] == [(r["split"], r["step"]) for r in two]
+    assert len([r for r in two if r["split"] == "train"]) == 20
+    for a, b in zip(one, two):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    assert sorted(p.name for p in checkpoint.complete_checkpoints(tmp_path / "ddp" / "checkpoints")[0].iterdir()) \
+        == ["rank_0.pt", "rank_1.pt", "shared.pt"]
+
+
+def test_learning_on_wikitext2_characters(shared_data, tmp_path):
+    """A short real run lowers val_partial bpc at each of its first evaluations."""
+    from experiments import data
+
+    prepared = tmp_path / "wt2-char"
+    data.main(["prepare", "text", "--source", str(shared_data / "wikitext-2"), "--level", "char", "--out", str(prepared)])
+    config = tiny_config(tmp_path, prepared, model={"d_model": 32, "num_heads": 4, "num_persistent": 32,
+                                                     "attn_span": 32, "dropout": 0.0},
+                         optim={"name": "adam", "lr": 3e-3, "clip": 1.0, "clip_mode": "global", "warmup_steps": 10},
+                         train={"steps": 120, "block_size": 32, "batch_size": 8, "eval_every": 30,
+                                "checkpoint_every": 1000, "log_every": 30, "val_fraction": 0.002})
+    proc = run_train(config, tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr
+    val = [r["bpc"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["split"] == "val_partial"]
+    assert len(val) == 4 and all(b < a for a, b in zip(val, val[1:])), val

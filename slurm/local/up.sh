@@ -172,6 +172,9 @@ start_slurm_daemon() {
     local log=$LOG_DIR/$name.log
     recorded_pid "$name" >/dev/null && return 0
     refuse_foreign "$name"
+    # A pid file left by a daemon that is gone (e.g. state from an earlier boot
+    # of this image) would satisfy the readiness check before the new one writes.
+    rm -f "$RUN_DIR/$name.pid"
     # Redirect all three streams: a daemon that inherited our stdout would keep
     # a caller's pipe (e.g. subprocess.run(capture_output=True)) open forever.
     # 8>&-: the daemon must not inherit (and so keep holding) our lock.
@@ -249,7 +252,7 @@ fi
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 dbd_up() { port_open 6819; }                       # slurmdbd's default port
 ctld_up() { scontrol ping 2>/dev/null | grep -q 'is UP'; }
-slurmd_up() { [[ -s $RUN_DIR/slurmd.pid ]]; }      # registration is awaited below
+slurmd_up() { recorded_pid slurmd; }               # registration is awaited below
 
 # slurmdbd creates its tables on first start (~1 s) before it listens. slurmctld
 # then registers the cluster in it by itself (no sacctmgr needed).
