@@ -3,7 +3,8 @@
 Times full training steps (forward + backward + optimizer step, cache carried
 from block to block, random tokens) and reports tokens/s, peak memory, model
 FLOPs per token and model-MFU = FLOPs/token x tokens/s / the fp32 matmul peak
-measured in the same process (a 2048^3 torch.mm, median of repeats). Measuring
+measured in the same process (a 2048^3 torch.mm, median of repeats, the larger of one
+median before and one after the timed steps). Measuring
 the peak in the same run makes the ratio comparable across noisy machines.
 """
 from __future__ import annotations
@@ -46,10 +47,10 @@ def median_seconds(fn: Callable[[], None], repeats: int, device: torch.device, w
     return statistics.median(times)
 
 
-def matmul_gflops(device: torch.device, repeats: int = 5) -> float:
+def matmul_gflops(device: torch.device, repeats: int = 7) -> float:
     a = torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=device)
     b = torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=device)
-    seconds = median_seconds(lambda: torch.mm(a, b), repeats, device)
+    seconds = median_seconds(lambda: torch.mm(a, b), repeats, device, warmup=2)
     return 2 * MATMUL_SIZE**3 / seconds / 1e9
 
 
@@ -97,8 +98,11 @@ def machine() -> str:
 def benchmark(cfg, device: torch.device, steps: int) -> dict[str, Any]:
     from model.summary import summarize
 
-    peak = matmul_gflops(device)
+    # The peak is the larger of two medians, one before and one after the timed steps:
+    # a momentarily slow machine must not lower the peak and so inflate the MFU.
+    before = matmul_gflops(device)
     seconds = step_seconds(cfg, device, steps)
+    peak = max(before, matmul_gflops(device))
     tokens_per_s = cfg.train.batch_size * cfg.train.block_size / seconds
     facts = summarize(cfg.model)
     return {"name": cfg.name, "variant": cfg.model.variant, "attn_span": cfg.model.attn_span,

@@ -1,0 +1,29 @@
+"""The README's main job (experiments/demo.sh -> python -m experiments.demo) at a reduced size."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+
+from tests.conftest import PROJECT_ROOT
+
+
+def test_demo_grid_end_to_end(tmp_path):
+    cmd = [sys.executable, "-m", "experiments.demo", "--root", str(tmp_path / "runs"), "--data", str(tmp_path / "lexicon"),
+           "--set", "train.steps=20", "--set", "train.eval_every=10", "--set", "train.checkpoint_every=10",
+           "--set", "train.log_every=10", "--set", "eval.max_tokens=2048"]
+    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = tmp_path / "runs" / "demo" / "report"
+    assert (report / "figure2.png").stat().st_size > 10_000
+    assert (report / "figure2.pdf").exists()
+    plotted = pd.read_csv(report / "figure2.csv")
+    assert {"attention_only", "all_attention", "transformer", "attn_split", "single_head"} <= set(plotted["variant"])
+    table = (report / "comparison.md").read_text()
+    assert "floor" in table and "transformer" in table
+    assert "6 of 6 runs finished" in proc.stdout
+
+    again = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "6 done" in again.stdout and "0 to submit" in again.stdout
