@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import signal
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -216,3 +218,45 @@ def test_learning_on_wikitext2_characters(shared_data, tmp_path):
     assert proc.returncode == 0, proc.stderr
     val = [r["bpc"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["split"] == "val_partial"]
     assert len(val) == 4 and all(b < a for a, b in zip(val, val[1:])), val
+
+
+def _reference_nll(config: Path, ckpt: Path, tokens: np.ndarray, rows: int) -> tuple[float, int]:
+    """The authors' full-evaluation batching, written out: `rows` contiguous rows, blocks of
+    block_size, caches from zeros, the last incomplete block dropped."""
+    from experiments.evaluate import load_model_weights
+    from experiments.run_config import load_run_config
+    from model import build_model
+
+    cfg = load_run_config(config)
+    model = build_model(cfg.model).eval()
+    model.load_state_dict(load_model_weights(ckpt))
+    block, per_row = cfg.train.block_size, len(tokens) // rows
+    cache, total, count = model.init_cache(rows, device=torch.device("cpu")), 0.0, 0
+    grid = np.stack([tokens[r * per_row : (r + 1) * per_row] for r in range(rows)])
+    with torch.no_grad():
+        for start in range(0, per_row - block, block):  # a block needs block + 1 tokens
+            chunk = torch.as_tensor(grid[:, start : start + block + 1], dtype=torch.long)
+            nll, cache = model(chunk[:, :-1], cache, chunk[:, 1:])
+            total, count = total + nll.sum().item(), count + nll.numel()
+    return total / count, count
+
+
+def test_evaluate_command_on_splits_and_on_a_text_file(reference_run, corpus, tmp_path):
+    from experiments.data import encode_text, load_corpus
+
+    config, run_dir = reference_run
+    ckpt = checkpoint.complete_checkpoints(run_dir / "checkpoints")[-1]
+    text = tmp_path / "sample.txt"
+    text.write_bytes(b"the cat sat on the mat " * 40)  # lexicon symbols: a-z and space
+    cmd = [sys.executable, "-m", "experiments.evaluate", str(config), "--checkpoint", str(ckpt), "--batch-size", "3"]
+    for extra, split in (([], "valid"), (["--text", str(text)], "text")):
+        proc = subprocess.run(cmd + extra, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        record = next(json.loads(line) for line in proc.stdout.splitlines() if json.loads(line)["split"] == split)
+        tokens = load_corpus(corpus).split("valid") if split == "valid" else encode_text(text, load_corpus(corpus).meta)
+        loss, count = _reference_nll(config, ckpt, np.asarray(tokens), rows=3)
+        assert record["tokens"] == count and record["loss"] == pytest.approx(loss, rel=1e-5)
+        assert record["bpc"] == pytest.approx(loss / math.log(2), rel=1e-6)
+    bad = subprocess.run(cmd[:-2] + ["--checkpoint", str(tmp_path / "missing")], cwd=PROJECT_ROOT,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "checkpoint not found" in bad.stderr
