@@ -30,7 +30,8 @@ class ClusterProfile:
     max_time_min: int = 4320
     """Longest time limit the partition allows; longer runs are requeued from checkpoints."""
     signal_delay_s: int = 120
-    """SIGUSR2 this long before the limit, time for a checkpoint (>= 35 s: slurmctld checks every 30 s)."""
+    """SIGUSR2 this long before the limit, time for a checkpoint. slurmctld checks limits every
+    30 s and sends the signal 0-30 s earlier than this (measured on the local SLURM)."""
     setup: list[str] = field(default_factory=list)
     """Shell lines run before the job (module load, venv activation)."""
     achieved_tflops_per_gpu: float = 40.0
@@ -42,7 +43,7 @@ class ClusterProfile:
         if self.max_time_min < 1:
             raise ConfigError("max_time_min", f"must be >= 1, got {self.max_time_min}")
         if self.signal_delay_s < 35:
-            raise ConfigError("signal_delay_s", "must be >= 35: slurmctld checks limits only every 30 s")
+            raise ConfigError("signal_delay_s", f"must be >= 35 s to leave time for a checkpoint, got {self.signal_delay_s}")
         if self.achieved_tflops_per_gpu <= 0:
             raise ConfigError("achieved_tflops_per_gpu", "must be > 0")
 

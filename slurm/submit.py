@@ -56,6 +56,7 @@ def plan(grid: Grid, root: Path, profile: ClusterProfile, force: bool) -> list[P
     live = manifest.live_runs(root / grid.name)
     planned = []
     for cfg in grid.runs:
+        check_time_limit(cfg, profile)
         run_dir = RunDir(grid.run_dir(cfg, root))
         if run_dir.path.name in live:
             state = "ACTIVE"
@@ -65,6 +66,16 @@ def plan(grid: Grid, root: Path, profile: ClusterProfile, force: bool) -> list[P
             state = "SUBMIT"
         planned.append(PlannedRun(cfg, run_dir, state, estimate_gpu_hours(cfg, profile)))
     return planned
+
+
+def check_time_limit(cfg: RunConfig, profile: ClusterProfile) -> None:
+    """slurmctld checks limits every 30 s and sends SIGUSR2 up to 30 s *before* the lead
+    time asked for: an attempt shorter than lead + 60 s could be signalled before it has
+    started training, and would be requeued without progress."""
+    attempt_s = 60 * min(cfg.slurm.timeout_min, profile.max_time_min)
+    if attempt_s < profile.signal_delay_s + 60:
+        raise UserError(f"slurm.timeout_min={cfg.slurm.timeout_min} is too short for the profile's signal_delay_s="
+                        f"{profile.signal_delay_s}: an attempt needs at least {profile.signal_delay_s + 60} s")
 
 
 def shape_of(cfg: RunConfig) -> tuple:

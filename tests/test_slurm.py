@@ -229,6 +229,13 @@ def test_golden_sbatch_script_per_profile(corpus, tmp_path, profile):
     assert not (root / "golden" / "manifest.json").exists()
 
 
+def test_time_limit_too_short_for_the_signal_is_refused(corpus, tmp_path):
+    grid = write_grid(tmp_path, corpus, "short", {}, slurm={"cpus_per_task": 1, "mem_gb": 1, "timeout_min": 1})
+    proc = submit(grid, tmp_path / "root", "--cluster", "local", "--dry-run")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "slurm.timeout_min=1 is too short" in proc.stderr
+
+
 def test_job_object_survives_cloudpickle(tmp_path):
     job = TrainingJob(tmp_path / "run")
     clone = cloudpickle.loads(cloudpickle.dumps(job))
