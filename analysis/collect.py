@@ -97,11 +97,22 @@ def load_runs(inputs: Sequence[str | os.PathLike]) -> pd.DataFrame:
 
     Says on stderr which runs have no final evaluation: every command leaves them out.
     """
-    runs = collect_runs(resolve_run_dirs(inputs))
+    runs = unique_runs(collect_runs(resolve_run_dirs(inputs)))
     note = left_out_note(runs)
     if note:
         print(note, file=sys.stderr)
     return runs
+
+
+def unique_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration. The hash ending a run id covers the whole config, seed
+    included: the same point run in two grids (e.g. all-attention at N=256 in both Figure 2
+    grids) is one measurement and must not count as two seeds."""
+    config_hash = runs["run_id"].str.rsplit("-", n=1).str[-1]
+    repeated = config_hash.duplicated(keep="first")
+    if repeated.any():
+        print(f"counted once: {', '.join(runs.loc[repeated, 'run_id'])} (same config as another run)", file=sys.stderr)
+    return runs[~repeated].reset_index(drop=True)
 
 
 def _run_row(run_dir: Path) -> dict[str, Any]:

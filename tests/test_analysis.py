@@ -229,3 +229,16 @@ def test_report_cli_on_fixture(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "1 run(s) without a final evaluation left out (FAILED 1)" in result.stderr
     assert set(pd.read_csv(io.StringIO(result.stdout))["variant"]) == {v for v, _ in DEV}
+
+
+def test_the_same_configuration_in_two_grids_counts_once(tmp_path):
+    """Copies of one run under two grid folders (same config hash) are one seed, not two."""
+    import shutil
+
+    from analysis.collect import load_runs
+
+    source = FIXTURES / "fig2_demo" / "all-attention-n4-s1-a370445d"
+    for grid, name in (("left", "all-attention-n4-s1-a370445d"), ("right", "all-attn-s1-a370445d")):
+        shutil.copytree(source, tmp_path / grid / name)
+    runs = load_runs([tmp_path])
+    assert len(runs) == 1 and runs["run_id"].iloc[0].endswith("a370445d")
