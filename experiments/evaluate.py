@@ -19,7 +19,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -56,15 +56,24 @@ def unit_value(loss: float, unit: str) -> float:
     return loss / math.log(2) if unit == "bpc" else math.exp(loss)
 
 
+class EvaluationStopped(Exception):
+    """`stop()` said a signal arrived: a full evaluation can outlast a job's time limit."""
+
+
 @torch.no_grad()
-def evaluate_stream(model: torch.nn.Module, stream: TokenStream, ctx: DistContext, max_blocks: int | None = None) -> tuple[float, int]:
-    """(mean nll in nats, tokens) over the stream's blocks from offset 0, caches from zeros."""
+def evaluate_stream(model: torch.nn.Module, stream: TokenStream, ctx: DistContext, max_blocks: int | None = None,
+                    stop: Callable[[], bool] | None = None) -> tuple[float, int]:
+    """(mean nll in nats, tokens) over the stream's blocks from offset 0, caches from zeros.
+    `stop` is asked before each block; when it says so, EvaluationStopped is raised."""
     was_training = model.training
     model.eval()
     cache = model.init_cache(stream.rows.shape[0], device=ctx.device)
     total, count = 0.0, 0
     blocks = stream.num_blocks if max_blocks is None else min(max_blocks, stream.num_blocks)
     for index in range(blocks):
+        if stop is not None and stop():
+            model.train(was_training)
+            raise EvaluationStopped
         inputs, targets = stream.block(index * stream.block_size, ctx.device)
         nll, cache = model(inputs, cache, targets)
         total += nll.double().sum().item()
@@ -75,11 +84,12 @@ def evaluate_stream(model: torch.nn.Module, stream: TokenStream, ctx: DistContex
 
 
 def evaluate_tokens(model: torch.nn.Module, tokens: np.ndarray, block_size: int, batch_size: int,
-                    ctx: DistContext, unit: str, max_tokens: int | None = None) -> dict:
+                    ctx: DistContext, unit: str, max_tokens: int | None = None,
+                    stop: Callable[[], bool] | None = None) -> dict:
     """The full-evaluation record of one split: loss, bpc or ppl, tokens."""
     stream = TokenStream(tokens, batch_size, block_size, ctx.rows(batch_size))
     max_blocks = None if max_tokens is None else max(1, max_tokens // (batch_size * block_size))
-    loss, count = evaluate_stream(model, stream, ctx, max_blocks)
+    loss, count = evaluate_stream(model, stream, ctx, max_blocks, stop)
     return {"loss": loss, unit: unit_value(loss, unit), "tokens": count, "full": max_tokens is None}
 
 

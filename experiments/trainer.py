@@ -21,7 +21,7 @@ import torch
 from experiments import checkpoint
 from experiments.batches import TokenStream, restart_offset
 from experiments.distributed import DistContext
-from experiments.evaluate import evaluate_stream, evaluate_tokens, unit_value
+from experiments.evaluate import EvaluationStopped, evaluate_stream, evaluate_tokens, unit_value
 from experiments.interrupt import SIGNALS, InterruptFlag
 from experiments.optim import build_optimizer, clip_global_, learning_rate, set_learning_rate
 from experiments.run_dir import RunDir
@@ -130,7 +130,12 @@ class Trainer:
                 if self.state["step"] == last_step and not self._checkpointed_now():
                     self.save_checkpoint()
             self._set_status("RUNNING", "eval")
-            self.final_evaluation()
+            try:
+                self.final_evaluation()
+            except EvaluationStopped:
+                # The weights are final and checkpointed: a later attempt redoes the evaluation.
+                self._stop_for_signal(self._agreed_signal(), "eval")
+                return
         self._set_status("DONE", "done")
 
     def _one_update(self, lr_scale: float) -> None:
@@ -214,7 +219,8 @@ class Trainer:
         result: dict[str, Any] = {"unit": unit, "step": self.state["step"]}
         for split in cfg.eval.splits:
             result[split] = evaluate_tokens(self.model, self.corpus.split(split), cfg.train.block_size,
-                                            cfg.eval.batch_size, self.ctx, unit, cfg.eval.max_tokens)
+                                            cfg.eval.batch_size, self.ctx, unit, cfg.eval.max_tokens,
+                                            stop=lambda: self._agreed_signal() is not None)
             log.info("final %s: loss %.4f | %s %.4f", split, result[split]["loss"], unit, result[split][unit])
         if self.ctx.is_main:
             self.run_dir.write_eval({**result, **self._model_facts()})
@@ -299,8 +305,12 @@ class Trainer:
             return False
         if not self._checkpointed_now():
             self.save_checkpoint()
+        return self._stop_for_signal(signum, stage)
+
+    def _stop_for_signal(self, signum: int, stage: str) -> bool:
         self._set_status("PENDING", stage)
-        log.info("interrupted by %s at step %d; checkpoint saved", signal.Signals(signum).name, self.state["step"])
+        log.info("interrupted by %s at step %d (%s); checkpoint saved", signal.Signals(signum).name,
+                 self.state["step"], stage)
         return self.interrupt.forward(signum)
 
     def _agreed_signal(self) -> int | None:

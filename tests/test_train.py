@@ -260,3 +260,28 @@ def test_evaluate_command_on_splits_and_on_a_text_file(reference_run, corpus, tm
     bad = subprocess.run(cmd[:-2] + ["--checkpoint", str(tmp_path / "missing")], cwd=PROJECT_ROOT,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "checkpoint not found" in bad.stderr
+
+
+def test_signal_during_the_final_evaluation_stops_and_the_next_attempt_redoes_it(corpus, tmp_path):
+    """A full evaluation can outlast a job's time limit: the signal must not be swallowed."""
+    config = tiny_config(tmp_path, corpus, train={"steps": 8}, eval={"max_tokens": None})
+    _trainer(config, tmp_path / "whole").run()
+
+    interrupted = _trainer(config, tmp_path / "cut")
+    set_status = interrupted._set_status
+
+    def signal_when_evaluating(state: str, stage: str) -> None:
+        set_status(state, stage)
+        if stage == "eval":
+            interrupted.interrupt.signum = signal.SIGTERM  # as the handler would record it
+
+    interrupted._set_status = signal_when_evaluating
+    interrupted.run()
+    assert interrupted.interrupt.stopped_by == signal.SIGTERM
+    status = RunDir(tmp_path / "cut").read_status()
+    assert (status["state"], status["stage"]) == ("PENDING", "eval") and not (tmp_path / "cut" / "eval.json").exists()
+
+    _trainer(config, tmp_path / "cut").run()
+    assert RunDir(tmp_path / "cut").read_status()["state"] == "DONE"
+    whole, cut = (json.loads((tmp_path / d / "eval.json").read_text()) for d in ("whole", "cut"))
+    assert whole["valid"] == cut["valid"] and whole["test"] == cut["test"]
