@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Rebuild this folder from the two Figure 2 grids on WikiText-2 characters:
+#   python -m experiments.data prepare text --source ../shared/data/wikitext-2 --level char
+#   python -m slurm.submit experiments/cpu/fig2_left_wt2.yaml  --executor local --wait   (or --cluster NAME)
+#   python -m slurm.submit experiments/cpu/fig2_right_wt2.yaml --executor local --wait
+#   results/wt2_char/regenerate.sh [RUNS_ROOT]          (default runs/)
+# Copies every run directory (config, provenance, status, metrics, eval; no checkpoints),
+# then collects, draws Figure 2 and writes the variant reports from those copies.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source experiments/env.sh
+src=${1:-runs}
+out=results/wt2_char
+for grid in fig2_left_wt2 fig2_right_wt2; do
+    rm -rf "$out/runs/$grid"
+    mkdir -p "$out/runs/$grid"
+    for run in "$src/$grid"/*/; do
+        [[ -f $run/status.json ]] || continue
+        dest="$out/runs/$grid/$(basename "$run")"
+        mkdir -p "$dest"
+        cp "$run"/{config.yaml,provenance.json,status.json,metrics.jsonl,eval.json} "$dest"/
+    done
+done
+"$PY" -m analysis.collect "$out/runs" --out "$out"
+"$PY" -m analysis.figure2 "$out/runs" --out-dir "$out" --no-published
+"$PY" -m analysis.report "$out/runs/fig2_left_wt2" --baseline transformer --format markdown > "$out/report_left.md"
+"$PY" -m analysis.report "$out/runs/fig2_right_wt2" --baseline all_attention --format markdown > "$out/report_right.md"
+echo "written: $out/{runs.csv,curves.csv,figure2.png,figure2.pdf,figure2.csv,report_left.md,report_right.md}"

@@ -1,0 +1,43 @@
+"""The committed CPU reproduction (results/wt2_char) is what its run directories say.
+
+Every number in runs.csv and figure2.csv must come back when the copied run
+directories are collected again, and every run must carry its provenance.
+"""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from analysis.collect import collect_runs, load_runs
+from analysis.figure2 import figure2_data
+from analysis.inputs import resolve_run_dirs
+from tests.conftest import PROJECT_ROOT
+
+RESULTS = PROJECT_ROOT / "results" / "wt2_char"
+RUN_DIRS = sorted(resolve_run_dirs([RESULTS / "runs"]))
+
+
+def test_every_run_is_done_with_its_provenance():
+    assert len(RUN_DIRS) == 20
+    for run_dir in RUN_DIRS:
+        status = json.loads((run_dir / "status.json").read_text())
+        provenance = json.loads((run_dir / "provenance.json").read_text())
+        assert status["state"] == "DONE", run_dir
+        assert {"git_sha", "torch", "host", "command"} <= set(provenance), run_dir
+
+
+def test_committed_tables_match_the_runs():
+    committed = pd.read_csv(RESULTS / "runs.csv").set_index("run_id").sort_index()
+    collected = collect_runs(RUN_DIRS).set_index("run_id").sort_index()
+    assert list(committed.index) == list(collected.index)
+    for column in ("dev_bpc", "test_bpc", "params_total", "params_non_embedding"):
+        assert committed[column].to_numpy() == pytest.approx(collected[column].to_numpy(), rel=1e-9), column
+
+
+def test_committed_figure_numbers_match_the_runs():
+    plotted = pd.read_csv(RESULTS / "figure2.csv")
+    again = figure2_data(load_runs([RESULTS / "runs"]))
+    assert list(plotted["label"]) == list(again["label"])
+    assert plotted["mean"].to_numpy() == pytest.approx(again["mean"].to_numpy(), rel=1e-9, nan_ok=True)
