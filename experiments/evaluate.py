@@ -95,16 +95,9 @@ def evaluate_tokens(model: torch.nn.Module, tokens: np.ndarray, block_size: int,
 
 def load_model_weights(path: Path) -> dict:
     """The model state dict of a training checkpoint folder or of a {"model": ...} file."""
-    file = path / "shared.pt" if path.is_dir() else path
-    if not file.is_file():
-        raise UserError(f"checkpoint not found: {file}")
-    try:
-        payload = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise UserError(f"cannot read checkpoint {file}: {str(err).splitlines()[0]}") from None
-    if not isinstance(payload, dict) or "model" not in payload:
-        raise UserError(f"{file} holds no 'model' state dict")
-    return payload["model"]
+    from model.convert_official import read_model_state
+
+    return read_model_state(path / "shared.pt" if path.is_dir() else path)
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -88,7 +88,9 @@ def convert(their_state: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tenso
     return ours
 
 
-def read_their_checkpoint(path: Path) -> dict[str, Tensor]:
+def read_model_state(path: Path, hint: str = "") -> dict[str, Tensor]:
+    """The `model` state dict of a {"model": ...} file (loaded with weights_only=True);
+    a missing, unreadable or foreign file is a one-line UserError ending with `hint`."""
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
@@ -96,8 +98,12 @@ def read_their_checkpoint(path: Path) -> dict[str, Tensor]:
     except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
         raise UserError(f"cannot read {path}: {str(err).splitlines()[0]}") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict):
-        raise UserError(f"{path} has no 'model' state dict (is it a checkpoint of the authors' code?)")
+        raise UserError(f"{path} has no 'model' state dict{hint}")
     return payload["model"]
+
+
+def read_their_checkpoint(path: Path) -> dict[str, Tensor]:
+    return read_model_state(path, " (is it a checkpoint of the authors' code?)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
