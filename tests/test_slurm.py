@@ -177,6 +177,25 @@ def test_job_reaching_its_time_limit_is_requeued_and_finishes(corpus, tmp_path):
     assert results(grid, root) == _reference(tmp_path, grid)
 
 
+def test_cancel_stops_the_grid_and_a_resubmission_resumes_it(corpus, tmp_path):
+    require_slurm()
+    grid = _long_run(tmp_path, corpus, "cancel", steps=600)
+    root = tmp_path / "root"
+    assert submit(grid, root, "--cluster", "local").returncode == 0
+    (run_dir,) = load_grid(grid).run_dirs(root)
+    _wait_for_step(run_dir, 60)
+    assert "cancelled" in status(grid, root, "--cancel")
+    (cancelled,) = wait_done(grid, root, timeout=120)
+    deadline = time.time() + 60
+    while manifest.live_runs(root / "cancel") and time.time() < deadline:
+        time.sleep(0.5)
+    assert " CANCELLED " in status(grid, root) and cancelled["step"] < 600
+    again = submit(grid, root, "--cluster", "local")
+    assert again.returncode == 0 and "1 to submit" in again.stdout
+    (final,) = wait_done(grid, root, timeout=300)
+    assert final["state"] == "DONE" and final["attempt"] >= 2
+
+
 def test_two_task_job_runs_ddp_and_matches_one_process(corpus, tmp_path):
     require_slurm()
     one = write_grid(tmp_path / "one", corpus, "ddp", {}, train={"steps": 20})
