@@ -70,15 +70,16 @@ def evaluate_stream(model: torch.nn.Module, stream: TokenStream, ctx: DistContex
     cache = model.init_cache(stream.rows.shape[0], device=ctx.device)
     total, count = 0.0, 0
     blocks = stream.num_blocks if max_blocks is None else min(max_blocks, stream.num_blocks)
-    for index in range(blocks):
-        if stop is not None and stop():
-            model.train(was_training)
-            raise EvaluationStopped
-        inputs, targets = stream.block(index * stream.block_size, ctx.device)
-        nll, cache = model(inputs, cache, targets)
-        total += nll.double().sum().item()
-        count += nll.numel()
-    model.train(was_training)
+    try:
+        for index in range(blocks):
+            if stop is not None and stop():
+                raise EvaluationStopped
+            inputs, targets = stream.block(index * stream.block_size, ctx.device)
+            nll, cache = model(inputs, cache, targets)
+            total += nll.double().sum().item()
+            count += nll.numel()
+    finally:
+        model.train(was_training)
     total, count = ctx.all_reduce_sum([total, float(count)])
     return total / max(count, 1.0), int(count)
 

@@ -150,13 +150,19 @@ def _reference(tmp_path: Path, grid: Path) -> dict:
     return results(grid, ref_root)
 
 
-def test_requeued_job_resumes_from_its_checkpoint(corpus, tmp_path):
-    require_slurm()
-    grid = _long_run(tmp_path, corpus, "requeue", steps=600)
+def _running_on_slurm(tmp_path: Path, corpus: Path, name: str, steps: int, step: int) -> tuple[Path, Path]:
+    """Submit a one-run grid to the local SLURM and wait until it has trained `step` steps: (grid, root)."""
+    grid = _long_run(tmp_path, corpus, name, steps=steps)
     root = tmp_path / "root"
     assert submit(grid, root, "--cluster", "local").returncode == 0
     (run_dir,) = load_grid(grid).run_dirs(root)
-    _wait_for_step(run_dir, 120)
+    _wait_for_step(run_dir, step)
+    return grid, root
+
+
+def test_requeued_job_resumes_from_its_checkpoint(corpus, tmp_path):
+    require_slurm()
+    grid, root = _running_on_slurm(tmp_path, corpus, "requeue", steps=600, step=120)
     subprocess.run(["scontrol", "requeue", _job_of(root, "requeue")], check=True)
     (final,) = wait_done(grid, root, timeout=300)
     assert final["state"] == "DONE" and final["attempt"] >= 2
@@ -179,11 +185,7 @@ def test_job_reaching_its_time_limit_is_requeued_and_finishes(corpus, tmp_path):
 
 def test_cancel_stops_the_grid_and_a_resubmission_resumes_it(corpus, tmp_path):
     require_slurm()
-    grid = _long_run(tmp_path, corpus, "cancel", steps=600)
-    root = tmp_path / "root"
-    assert submit(grid, root, "--cluster", "local").returncode == 0
-    (run_dir,) = load_grid(grid).run_dirs(root)
-    _wait_for_step(run_dir, 60)
+    grid, root = _running_on_slurm(tmp_path, corpus, "cancel", steps=600, step=60)
     assert "cancelled" in status(grid, root, "--cancel")
     (cancelled,) = wait_done(grid, root, timeout=120)
     deadline = time.time() + 60
