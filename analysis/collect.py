@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import sys
-import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -22,7 +21,9 @@ import yaml
 from analysis.aggregate import left_out_note
 from analysis.inputs import RUN_MARKER, add_inputs_argument, resolve_run_dirs
 from experiments.atomic import atomic_write_text
-from model.errors import UserError, run_cli
+from experiments.metrics import read_metrics
+from model.errors import UserError
+from experiments.cli import run_cli
 
 IDENTITY_COLUMNS = ["run_id", "grid", "name", "dataset", "variant", "num_persistent", "num_layers", "seed"]
 STATUS_COLUMNS = ["state", "stage", "attempts", "last_step", "heartbeat", "error"]
@@ -35,36 +36,6 @@ RUN_COLUMNS = IDENTITY_COLUMNS + STATUS_COLUMNS + EVAL_COLUMNS + PROVENANCE_COLU
 CURVE_COLUMNS = ["step", "split", "tokens", "loss", "bpc", "ppl", "lr", "ms_per_step", "tokens_per_s",
                  "span_mean", "span_max", "attempt", "time"]
 _EVAL_SPLITS = {"valid": "dev", "test": "test"}
-
-
-def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl, one per (split, step), the last written winning.
-
-    A torn last line (a crash mid-write) is dropped. A requeued attempt appends
-    after such a torn line, so its first record shares that line: the record is
-    recovered from the line's last '{' (records are flat); a line that still does
-    not parse is dropped with a warning. The resumed attempt rewrites steps already
-    logged: its records replace the earlier ones. Records are sorted by step.
-    """
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    latest: dict[tuple[Any, Any], dict[str, Any]] = {}
-    for number, line in enumerate(lines, start=1):
-        record = _parse_record(line)
-        if record is not None:
-            latest[(record.get("split"), record.get("step"))] = record
-        elif line.strip() and number < len(lines):
-            warnings.warn(f"{path}:{number}: unreadable metrics line skipped", stacklevel=2)
-    return sorted(latest.values(), key=lambda r: r.get("step", 0))
-
-
-def _parse_record(line: str) -> dict[str, Any] | None:
-    for text in (line, line[line.rfind("{"):]):
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError:
-            continue
-        return record if isinstance(record, dict) else None
-    return None
 
 
 def collect_runs(dirs: Iterable[str | os.PathLike]) -> pd.DataFrame:

@@ -27,7 +27,8 @@ from analysis.collect import load_runs
 from analysis.inputs import add_inputs_argument
 from analysis.published import load_published
 from experiments.atomic import atomic_write_bytes, atomic_write_text
-from model.errors import UserError, run_cli
+from model.errors import UserError
+from experiments.cli import run_cli
 
 RIGHT_LABELS = {"all_attention": "all-attn", "attn_split": "attn-split", "head_split": "head-split",
                 "single_head": "single-head", "ffn_attn": "FF-attn"}

@@ -18,7 +18,8 @@ from analysis.aggregate import evaluated, only_value, seed_summary
 from analysis.collect import load_runs
 from analysis.inputs import add_inputs_argument
 from analysis.render import fmt_count, fmt_delta, fmt_mean_std, fmt_value, latex_table, markdown_table
-from model.errors import UserError, run_cli
+from model.errors import UserError
+from experiments.cli import run_cli
 
 COLUMNS = ["dataset", "variant", "num_persistent", "num_layers", "n", "metric", "mean", "std", "delta",
            "params_total", "delta_params", "flops_per_token", "delta_flops", "tokens_per_s",

@@ -21,7 +21,7 @@ from analysis.inputs import add_inputs_argument
 from analysis.published import SOURCES, load_published
 from analysis.render import fmt_count, fmt_delta, fmt_mean_std, fmt_published, latex_table, markdown_table
 from experiments.atomic import atomic_write_text
-from model.errors import run_cli
+from experiments.cli import run_cli
 
 TABLES = {"table1": ("enwik8", "text8"), "table2": ("wikitext-103",)}
 CAPTIONS = {

@@ -24,7 +24,8 @@ import torch
 
 from experiments.atomic import atomic_write_text
 from experiments.optim import build_optimizer, clip_global_
-from model.errors import UserError, run_cli
+from model.errors import UserError
+from experiments.cli import run_cli
 
 MATMUL_SIZE = 2048
 

@@ -49,7 +49,8 @@ import numpy as np
 
 from experiments.atomic import atomic_write, atomic_write_json
 from experiments.lexicon import LexiconSpec, entropy_floor_bpc, generate_splits
-from model.errors import ConfigError, UserError, run_cli
+from model.errors import ConfigError, UserError
+from experiments.cli import run_cli
 
 DATASETS = ("enwik8", "text8", "wikitext-103", "lexicon", "text")
 SPLITS = ("train", "valid", "test")

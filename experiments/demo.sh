@@ -1,7 +1,28 @@
 #!/usr/bin/env bash
-# The main job: the demo grid on the embedded corpus, ending in a figure and a table.
-# Installs what it needs into .venv first. Arguments go to `python -m experiments.demo`.
+# The main job: the demo grid (experiments/demo.yaml) on the embedded `lexicon` corpus, ending
+# in Figure 2 in miniature and a comparison table with each variant's distance to the corpus's
+# exact entropy floor. It composes the harness's own commands, exactly as a user would run them:
+#   1. python -m experiments.data prepare lexicon            (once)
+#   2. python -m slurm.submit experiments/demo.yaml --executor local --wait
+#   3. python -m analysis.figure2 / analysis.report on the grid's runs
+# Finished runs are not redone: running it again only redraws.
+#
+# Usage: experiments/demo.sh [--set key=value ...]     (e.g. --set train.steps=50 for a quick look)
+# Environment: DEMO_ROOT (results root, default runs), DEMO_DATA (corpus folder, default data/lexicon).
+# Installs what it needs into .venv first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source experiments/env.sh
-exec "$PY" -m experiments.demo "$@"
+root=${DEMO_ROOT:-runs}
+data=${DEMO_DATA:-data/lexicon}
+report=$root/demo/report
+[ -f "$data/meta.json" ] || "$PY" -m experiments.data prepare lexicon --out "$data"
+"$PY" -m slurm.submit experiments/demo.yaml --executor local --wait --root "$root" --set "data.path=$data" "$@"
+"$PY" -m analysis.figure2 "$root/demo" --out-dir "$report" --no-published
+mkdir -p "$report"
+"$PY" -m analysis.report "$root/demo" --baseline transformer > "$report/comparison.md.tmp"
+mv "$report/comparison.md.tmp" "$report/comparison.md"
+echo
+cat "$report/comparison.md"
+echo
+echo "written: $report/figure2.png, $report/figure2.csv, $report/comparison.md"

@@ -26,7 +26,8 @@ import torch
 
 from experiments.batches import TokenStream
 from experiments.distributed import DistContext
-from model.errors import ConfigError, UserError, run_cli
+from model.errors import ConfigError, UserError
+from experiments.cli import run_cli
 
 SPLITS = ("valid", "test")
 

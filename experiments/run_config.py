@@ -22,7 +22,7 @@ from experiments.optim import OptimConfig
 from experiments.trainer import TrainConfig
 from model.config import ModelConfig
 from model.errors import ConfigError
-from slurm.resources import SlurmConfig
+from experiments.resources import SlurmConfig
 
 NOT_HASHED = ("name", "grid", "slurm")
 
@@ -40,7 +40,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Final full evaluation (experiments/evaluate.py)."""
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
-    """Resources of one run on a cluster (slurm/resources.py); not hashed."""
+    """Resources of one run on a cluster (experiments/resources.py, interpreted by slurm/); not hashed."""
     name: str = "run"
     """Short human-readable slug, the first part of the run id; not hashed."""
     grid: str = ""

@@ -19,7 +19,8 @@ import torch
 from experiments.atomic import atomic_write_text
 from experiments.distributed import init_distributed, shutdown_distributed
 from experiments.run_dir import PROJECT_ROOT, RunDir
-from model.errors import ConfigError, UserError, run_cli
+from model.errors import ConfigError, UserError
+from experiments.cli import run_cli
 
 log = logging.getLogger("train")
 

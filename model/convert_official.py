@@ -1,6 +1,6 @@
 """Import a checkpoint of the authors' released code (facebookresearch/adaptive-span).
 
-    python -m model.convert_official AUTHORS.pt --config CONFIG.yaml --out OURS.pt
+    python -m experiments.convert AUTHORS.pt --config CONFIG.yaml --out OURS.pt
 
 Their file is a dict whose `model` entry is a state dict (keys possibly prefixed
 `module.` by DataParallel). Their layout, d = d_model, d_h = d / H, L = span:
@@ -17,17 +17,15 @@ Files that do not fit the config are refused naming the first mismatching key.
 """
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from experiments.atomic import atomic_write
 from model.config import ModelConfig
-from model.errors import UserError, run_cli
+from model.errors import UserError
+from model.transformer import build_model
 
 # (their key pattern, our key template); layer keys carry the layer index as \1.
 RENAMES = [
@@ -66,8 +64,6 @@ def our_tensor(our_name: str, value: Tensor) -> Tensor:
 
 def convert(their_state: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
     """Their state dict -> ours for `cfg`, checked key by key against a model built from it."""
-    from model import build_model
-
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in build_model(cfg).state_dict().items()}
     ours: dict[str, Tensor] = {}
@@ -105,21 +101,3 @@ def read_model_state(path: Path, hint: str = "") -> dict[str, Tensor]:
 def read_their_checkpoint(path: Path) -> dict[str, Tensor]:
     return read_model_state(path, " (is it a checkpoint of the authors' code?)")
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from experiments.run_config import load_run_config
-
-    parser = argparse.ArgumentParser(prog="python -m model.convert_official", description=__doc__.split("\n")[0])
-    parser.add_argument("checkpoint", type=Path, help="the authors' checkpoint (.pt)")
-    parser.add_argument("--config", required=True, help="our run config of the same geometry")
-    parser.add_argument("--out", required=True, type=Path, help="converted file to write")
-    args = parser.parse_args(argv)
-    cfg = load_run_config(args.config)
-    state = convert(read_their_checkpoint(args.checkpoint), cfg.model)
-    atomic_write(args.out, lambda f: torch.save({"model": state}, f))
-    print(f"converted {len(state)} tensors into {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    run_cli(main)

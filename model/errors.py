@@ -1,13 +1,7 @@
-"""Errors caused by user input, and the command-line convention for them.
-
-Every command of the harness reports bad input (YAML, flags, a corrupted file,
-missing data) as one line on stderr and exits with status 2, never with a
-traceback: researchers read these in SLURM logs, where a traceback buries the cause.
+"""Errors caused by user input. Commands turn them into one stderr line and exit 2
+(`experiments/cli.py`); the message alone must say what to fix.
 """
 from __future__ import annotations
-
-import sys
-from typing import Callable, Sequence
 
 
 class UserError(Exception):
@@ -27,15 +21,3 @@ class ConfigError(UserError):
         path = f"{prefix}.{self.field}" if self.field else prefix
         return ConfigError(path, self.message)
 
-
-def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
-    """Run a command's `main`, turning a UserError into one stderr line and exit 2."""
-    try:
-        code = main(argv)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(code or 0)

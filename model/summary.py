@@ -1,4 +1,4 @@
-"""Size and cost of a model:  python -m model.summary CONFIG.yaml [--json] [--set key=value ...]
+"""Size and cost of a model (the command is `python -m experiments.summary CONFIG.yaml`):
 
 - parameters: total, non-embedding (everything but the token embeddings and the
   output layer), persistent (the persistent key/value vectors);
@@ -10,14 +10,12 @@ The model is built on the 'meta' device, so the 132M-parameter configs cost no m
 """
 from __future__ import annotations
 
-import argparse
-import json
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from model.config import ModelConfig
-from model.errors import run_cli
+from model.transformer import build_model
 
 BYTES_FP32 = 4
 # Tensors kept per token and layer for the backward pass, in units of d: the layer
@@ -36,8 +34,6 @@ def is_persistent(name: str) -> bool:
 
 
 def count_parameters(cfg: ModelConfig) -> dict[str, int]:
-    from model import build_model
-
     with torch.device("meta"):
         model = build_model(cfg)
     named = [(n, p.numel()) for n, p in model.named_parameters()]
@@ -69,37 +65,3 @@ def summarize(cfg: ModelConfig, batch_size: int | None = None, block_size: int |
         facts["activation_bytes"] = activation_bytes(cfg, batch_size, block_size)
     return facts
 
-
-def _human(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return f"{n:.0f}"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from experiments.run_config import load_run_config
-
-    parser = argparse.ArgumentParser(prog="python -m model.summary", description=__doc__.split("\n")[0])
-    parser.add_argument("config", help="run config YAML")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    args = parser.parse_args(argv)
-    cfg = load_run_config(args.config, args.set)
-    per_gpu_batch = cfg.train.batch_size // max(1, cfg.slurm.gpus_per_node * cfg.slurm.nodes) // cfg.train.batch_split
-    facts = {"name": cfg.name, "variant": cfg.model.variant,
-             **summarize(cfg.model, max(1, per_gpu_batch), cfg.train.block_size)}
-    if args.json:
-        print(json.dumps(facts))
-        return 0
-    print(f"{cfg.name} ({cfg.model.variant}, {cfg.model.num_layers} layers, d {cfg.model.d_model}, "
-          f"N {cfg.model.num_persistent}, span {cfg.model.attn_span})")
-    print(f"  parameters      {_human(facts['params_total'])} total, {_human(facts['params_non_embedding'])} "
-          f"non-embedding, {_human(facts['params_persistent'])} persistent")
-    print(f"  FLOPs / token   {_human(facts['flops_per_token'])} (training)")
-    print(f"  activations     {facts['activation_bytes'] / 2**30:.2f} GiB per micro-batch of {max(1, per_gpu_batch)} rows (estimate)")
-    return 0
-
-
-if __name__ == "__main__":
-    run_cli(main)

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Sequence
 
 from experiments.grid import DEFAULT_ROOT, load_grid
+from experiments.metrics import read_metrics
 from experiments.run_dir import RunDir
-from model.errors import run_cli
+from experiments.cli import run_cli
 from slurm import manifest
 
 TERMINAL_SACCT = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
@@ -46,7 +47,6 @@ def run_state(status: dict, job_id: str | None, live: bool, queued: str | None, 
 
 
 def last_train_metric(run_dir: RunDir) -> str:
-    from analysis.collect import read_metrics
 
     records = [r for r in read_metrics(run_dir.metrics) if r.get("split") == "train"] if run_dir.metrics.exists() else []
     if not records:

@@ -29,7 +29,8 @@ from experiments.grid import DEFAULT_ROOT, Grid, load_grid
 from experiments.run_config import RunConfig
 from experiments.run_dir import RunDir
 from experiments.train import prepare_run_dir
-from model.errors import UserError, run_cli
+from model.errors import UserError
+from experiments.cli import run_cli
 from slurm import manifest
 from slurm.job import TrainingJob
 from slurm.profile import ClusterProfile, load_profile

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.collect import collect_curves, collect_runs, main as collect_main, read_metrics
+from analysis.collect import collect_curves, collect_runs, main as collect_main
+from experiments.metrics import read_metrics
 from analysis.figure2 import figure2_data, write_figure2
 from analysis.inputs import resolve_run_dirs
 from analysis.published import load_published

@@ -152,7 +152,7 @@ def test_committed_configs_and_grids_load(folder):
 @pytest.mark.parametrize("name", sorted(AUTHORS_PARAMS))
 def test_paper_config_parameter_counts_match_the_authors(name):
     """`python -m model.summary --json` on each paper config: within 1% (in fact exact)."""
-    proc = subprocess.run([sys.executable, "-m", "model.summary", f"experiments/paper/{name}.yaml", "--json"],
+    proc = subprocess.run([sys.executable, "-m", "experiments.summary", f"experiments/paper/{name}.yaml", "--json"],
                           cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     facts = json.loads(proc.stdout)

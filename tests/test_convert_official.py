@@ -45,7 +45,7 @@ def write_config(tmp_path, **model) -> tuple:
 
 def convert_cli(tmp_path, theirs: dict, config) -> subprocess.CompletedProcess:
     torch.save({"model": theirs, "optimizer": {}, "nb_batches_per_iter": 1000}, tmp_path / "theirs.pt")
-    return subprocess.run([sys.executable, "-m", "model.convert_official", str(tmp_path / "theirs.pt"),
+    return subprocess.run([sys.executable, "-m", "experiments.convert", str(tmp_path / "theirs.pt"),
                            "--config", str(config), "--out", str(tmp_path / "ours.pt")],
                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
 

@@ -258,7 +258,7 @@ def test_every_bad_input_is_one_line_exit_2_and_leaves_prepared_data_untouched(t
 
 
 def test_loading_a_missing_directory_from_a_command_is_one_line_exit_2(tmp_path: Path) -> None:
-    code = ("import sys; from model.errors import run_cli; from experiments.data import load_corpus; "
+    code = ("import sys; from experiments.cli import run_cli; from experiments.data import load_corpus; "
             "run_cli(lambda argv: load_corpus(sys.argv[1]) and 0)")
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "absent")], cwd=PROJECT_ROOT,
                             capture_output=True, text=True, timeout=60)

@@ -1,8 +1,8 @@
-"""The README's main job (experiments/demo.sh -> python -m experiments.demo) at a reduced size."""
+"""The README's main job (experiments/demo.sh) at a reduced size."""
 from __future__ import annotations
 
+import os
 import subprocess
-import sys
 
 import pandas as pd
 
@@ -10,10 +10,10 @@ from tests.conftest import PROJECT_ROOT
 
 
 def test_demo_grid_end_to_end(tmp_path):
-    cmd = [sys.executable, "-m", "experiments.demo", "--root", str(tmp_path / "runs"), "--data", str(tmp_path / "lexicon"),
-           "--set", "train.steps=20", "--set", "train.eval_every=10", "--set", "train.checkpoint_every=10",
+    env = {**os.environ, "DEMO_ROOT": str(tmp_path / "runs"), "DEMO_DATA": str(tmp_path / "lexicon")}
+    cmd = ["bash", "experiments/demo.sh", "--set", "train.steps=20", "--set", "train.eval_every=10", "--set", "train.checkpoint_every=10",
            "--set", "train.log_every=10", "--set", "eval.max_tokens=2048"]
-    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = tmp_path / "runs" / "demo" / "report"
     assert (report / "figure2.png").stat().st_size > 10_000
@@ -24,6 +24,6 @@ def test_demo_grid_end_to_end(tmp_path):
     assert "floor" in table and "transformer" in table
     assert "6 of 6 runs finished" in proc.stdout
 
-    again = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "6 done" in again.stdout and "0 to submit" in again.stdout

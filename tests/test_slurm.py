@@ -13,7 +13,7 @@ import cloudpickle
 import pytest
 import yaml
 
-from analysis.collect import read_metrics
+from experiments.metrics import read_metrics
 from experiments.grid import load_grid
 from slurm import manifest
 from slurm import status as slurm_status

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.collect import read_metrics
+from experiments.metrics import read_metrics
 from experiments import checkpoint
 from experiments.distributed import DistContext
 from experiments.run_config import load_run_config
