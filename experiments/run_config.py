@@ -24,7 +24,9 @@ from model.config import ModelConfig
 from model.errors import ConfigError
 from experiments.resources import SlurmConfig
 
-NOT_HASHED = ("name", "grid", "slurm")
+NOT_HASHED = ("name", "grid", "slurm", "model.attention")
+"""Dotted paths left out of the run-id hash: they cannot change the trained model
+(`model.attention` picks an implementation of the same math: `model/fused_attention.py`)."""
 
 
 @dataclass
@@ -55,7 +57,7 @@ class RunConfig:
 
     @property
     def config_hash(self) -> str:
-        hashed = {k: v for k, v in self.to_dict().items() if k not in NOT_HASHED}
+        hashed = _without(self.to_dict(), NOT_HASHED)
         canonical = json.dumps(hashed, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:8]
 
@@ -65,6 +67,20 @@ class RunConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _without(data: dict, paths: Iterable[str]) -> dict:
+    """A copy of nested `data` without the entries at the dotted `paths`."""
+    out = dict(data)
+    for path in paths:
+        head, _, rest = path.partition(".")
+        if head not in out:
+            continue
+        if rest:
+            out[head] = _without(out[head], [rest])
+        else:
+            del out[head]
+    return out
 
 
 def load_run_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:

@@ -21,6 +21,7 @@ VARIANTS = (
 )
 PERSISTENT_VARIANTS = ("all_attention", "attn_split", "head_split", "single_head", "ffn_attn")
 OUTPUTS = ("softmax", "adaptive")
+ATTENTION_IMPLEMENTATIONS = ("banded", "fused", "auto")
 
 
 @dataclass
@@ -85,6 +86,11 @@ class ModelConfig:
     """Cluster boundaries of the adaptive softmax (WikiText-103: [20000, 40000, 200000])."""
     adaptive_div_value: float | None = None
     """Each adaptive cluster's width is d / div_value**i (WikiText-103: 4)."""
+    attention: str = "auto"
+    """Implementation of the context attention, same math: 'banded' (hand-written band, the CPU
+    path and the reference: model/attention.py), 'fused' (PyTorch's scaled_dot_product_attention
+    with an additive bias: model/fused_attention.py), 'auto' (fused on CUDA, banded elsewhere).
+    Not part of the run id."""
 
     def __post_init__(self) -> None:
         self._check_geometry()
@@ -131,6 +137,8 @@ class ModelConfig:
             raise ConfigError("adaptive_span.ramp", f"{self.adaptive_span.ramp} exceeds attn_span={self.attn_span}")
 
     def _check_output(self) -> None:
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ConfigError("attention", f"unknown implementation {self.attention!r}; choose one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
         if self.output not in OUTPUTS:
             raise ConfigError("output", f"unknown output {self.output!r}; choose one of {', '.join(OUTPUTS)}")
         if self.output == "softmax":

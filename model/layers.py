@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from model.adaptive_span import AdaptiveSpan
 from model.attention import context_attention, project_context
 from model.config import ModelConfig
+from model.fused_attention import fused_context_attention
 from model.persistent import PersistentMemory
 
 # How each variant's attention sublayer uses its persistent vectors.
@@ -50,6 +51,7 @@ class SelfAttention(nn.Module):
         self.w_v = nn.Linear(d, d_context, bias=False)
         self.w_o = nn.Linear(d, d, bias=False)
         self.dropout = cfg.dropout
+        self.attention = cfg.attention
         self.span = AdaptiveSpan(cfg.adaptive_span, self.context_heads, cfg.attn_span) if cfg.adaptive_span.enabled else None
         self.persistent = self._make_persistent(cfg)
 
@@ -81,13 +83,17 @@ class SelfAttention(nn.Module):
         """Context attention combined with the persistent memory as the variant says; B x M x d."""
         joint = self.persistent.scaled() if self.mode == "joint" else None
         d_context = self.context_heads * self.d_head
-        ctx = context_attention(q[..., :d_context], kv, pos, self.context_heads, span_mask, joint, self.dropout, self.training)
+        attend = fused_context_attention if self._fused(q) else context_attention
+        ctx = attend(q[..., :d_context], kv, pos, self.context_heads, span_mask, joint, self.dropout, self.training)
         if self.mode in (None, "joint"):
             return ctx  # B x M x d
         if self.mode == "heads":  # context heads first, then the persistent-only heads
             return torch.cat([ctx, self.persistent.attend(q[..., d_context:], self.dropout, self.training)], dim=-1)
         # split: per head, added to the context output; single: one d-dim attention, added before W_o
         return ctx + self.persistent.attend(q, self.dropout, self.training)
+
+    def _fused(self, q: Tensor) -> bool:
+        return self.attention == "fused" or (self.attention == "auto" and q.is_cuda)
 
 
 class FeedForward(nn.Module):
