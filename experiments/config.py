@@ -6,6 +6,10 @@ back to a default wastes GPU-days, so
 - duplicate keys are errors (PyYAML would keep the last one silently);
 - types are checked against the dataclass annotations (an int where a float is
   expected is accepted; a bool is never a number);
+- every float field is finite: NaN and ±inf (`.nan`, `.inf` in YAML) are refused
+  here, by one rule for every config and profile, because they pass every range
+  check written as a comparison (`nan < 0` is False). No field needs them; a field
+  that ever does must say so explicitly rather than weaken this rule;
 - `1e-3` is a float (YAML 1.1 would read it as a string);
 - `base: other.yaml` inherits from another file, mappings merge recursively;
 - `--set a.b=value` overrides are parsed with the same YAML rules.
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -161,7 +166,7 @@ def _convert(hint: Any, value: Any, path: str) -> Any:
 
 def _convert_scalar(hint: Any, value: Any, path: str) -> Any:
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        return _finite_float(value, path)
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if hint in (bool, str) and isinstance(value, hint):
@@ -169,6 +174,17 @@ def _convert_scalar(hint: Any, value: Any, path: str) -> Any:
     if hint is Any:
         return value
     raise ConfigError(path, f"must be {hint.__name__}, got {_describe(value)}")
+
+
+def _finite_float(value: int | float, path: str) -> float:
+    """`value` as a float; NaN, ±inf and ints too large for a float are ConfigErrors."""
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ConfigError(path, f"must be a finite number, got an integer of {len(str(abs(value)))} digits") from None
+    if not math.isfinite(number):
+        raise ConfigError(path, f"must be a finite number, got {number}")
+    return number
 
 
 def to_dict(obj: Any) -> Any:
