@@ -2,6 +2,10 @@
 
 Write to a temporary file in the same directory, fsync it, rename it over the
 target, then fsync the directory so the rename itself survives a crash.
+
+The file gets the permissions any other new file would get (0666 minus the umask):
+mkstemp creates its temporary file 0600, and renaming it would otherwise make
+status.json, eval.json, config.yaml and checkpoints unreadable by teammates.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            _share_like_any_new_file(f.fileno())
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -28,6 +33,31 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def _share_like_any_new_file(fd: int) -> None:
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+    except OSError:  # a filesystem without POSIX modes: its own defaults apply, as to any file
+        pass
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the system allows.
+
+    os.umask can only read the mask by setting it, which for an instant gives other
+    threads creating files a mask of 0; Linux shows it in /proc/self/status instead.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)  # the fallback sets a restrictive mask for that instant, never a permissive one
+    os.umask(mask)
+    return mask
 
 
 def fsync_dir(directory: Path) -> None:

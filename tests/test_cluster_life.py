@@ -124,3 +124,41 @@ def test_case05_profile_with_nan_throughput_dry_run_is_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.strip().count("\n") == 0
     assert "achieved_tflops_per_gpu: must be a finite number, got nan" in proc.stderr
+
+
+# ---------------------------------------------------------------- case 11: files honour the umask
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test, restoring it after."""
+    previous = os.umask(0o077)
+    os.umask(previous)
+    yield lambda mask: os.umask(mask)
+    os.umask(previous)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002], ids=["umask022", "umask002"])
+def test_case11_run_files_and_checkpoints_get_the_users_umask(tmp_path, umask, mask):
+    import torch
+
+    from experiments import checkpoint
+    from experiments.atomic import atomic_write_text, current_umask
+    from experiments.distributed import DistContext
+    from experiments.run_dir import RunDir
+
+    umask(mask)
+    assert current_umask() == mask
+    run = RunDir(tmp_path / "run")
+    atomic_write_text(run.config, "name: x\n")  # how experiments.train writes config.yaml
+    run.write_status("RUNNING", step=1)
+    run.write_eval({"unit": "bpc"})
+    ckpt = checkpoint.save(run.checkpoints, 1, {"model": {}}, {"rng": torch.zeros(1)},
+                           DistContext(rank=0, world_size=1, device=torch.device("cpu")))
+    plain = tmp_path / "plain"
+    plain.write_text("x")  # what any other program would create
+    expected = stat.S_IMODE(plain.stat().st_mode)
+    assert expected == 0o666 & ~mask
+    written = [run.config, run.status_file, run.eval_file, *sorted(ckpt.iterdir())]
+    assert len(written) >= 5
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in written} == {p.name: oct(expected) for p in written}
