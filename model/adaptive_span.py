@@ -2,13 +2,24 @@
 
 Symbols: B batch, M block, L attention span (attn_span), K kept span (keys
 actually attended after trimming, K <= L), C cache length, H heads (here: the
-heads that attend to the context), R ramp length.
+heads that attend to the context), R ramp length, s the needed span.
 
-The mask multiplies the context attention probabilities after the softmax:
-    m(dist) = clamp((R + z*L - (dist - 1)) / R, 0, 1),   dist = 1..L
+The mask multiplies the context attention probabilities after the softmax,
+computed in the authors' order of operations (their AdaptiveMask, with the
+constant template 1 - dist):
+    m(dist) = clamp(((1 - dist) + z*L) / R + 1, 0, 1),   dist = 1..L
 so m is 1 up to distance z*L + 1, falls linearly to 0 over R positions, and is
-exactly 0 beyond distance z*L + R. Keys past that point contribute nothing,
-which is what makes trimming them (and shrinking the cache) output-preserving.
+exactly 0 beyond distance z*L + R + 1. Keys past that point contribute nothing
+(up to the 1e-8 of the joint renormalisation), which is what makes trimming them
+and shrinking the cache output-preserving.
+
+Trimming and cache length follow the authors' `get_trim_len` / `get_cache_size`:
+    s       = min(L, ceil(L * max_h z_h) + R)        (their get_current_max_size)
+    trimmed = 64 * floor(min(L - 1, L - s) / 64)     oldest keys dropped (whole groups of 64,
+                                                     counted from the far end of the span)
+    K       = L - trimmed
+    C       = min(L, K + 64)                         cached layer inputs for the next block
+For L not a multiple of 64 this keeps K = L - 64*floor((L - s)/64), not round_up(s, 64).
 """
 from __future__ import annotations
 
@@ -20,14 +31,16 @@ from torch import Tensor, nn
 from model.config import AdaptiveSpanConfig
 
 TRIM_GRANULARITY = 64
-"""Kept spans are multiples of this: re-sizing buffers every step would defeat the allocator."""
+"""Keys are dropped in whole groups of this many (the authors' value): re-sizing buffers every
+step would defeat the allocator."""
 CACHE_MARGIN = 64
 """Extra cached positions beyond the kept span, so a span that grows in the next update still
 finds real layer inputs (as the authors' code does) instead of the zero padding."""
 
 
 class AdaptiveSpan(nn.Module):
-    """Learned per-head span; `z` is stored H x 1 x 1 as in the authors' code."""
+    """Learned per-head span; `z` is stored H x 1 x 1 as in the authors' code
+    (their `adaptive_span._mask.current_val`)."""
 
     def __init__(self, cfg: AdaptiveSpanConfig, num_heads: int, attn_span: int):
         super().__init__()
@@ -39,23 +52,28 @@ class AdaptiveSpan(nn.Module):
 
     def mask(self, kept: int) -> Tensor:
         """Soft mask per head for distances 1..kept (column dist-1); H x K, differentiable in z."""
-        dist = torch.arange(1, kept + 1, device=self.z.device, dtype=self.z.dtype)  # K
+        one_minus_dist = -torch.arange(kept, device=self.z.device, dtype=self.z.dtype)  # K: 1 - dist
         z = self.z.view(-1, 1)  # H x 1
-        return ((self.ramp + z * self.max_span - (dist - 1)) / self.ramp).clamp(0, 1)  # H x K
+        return ((one_minus_dist + z * self.max_span) / self.ramp + 1).clamp(0, 1)  # H x K
 
     def needed_span(self) -> int:
-        """Largest distance any head can still see: m(dist) > 0 iff dist - 1 < R + z*L."""
+        """s: the largest distance any head can still see, ramp included, in [0, L]."""
         reach = math.ceil(self.z.detach().max().item() * self.max_span) + self.ramp
-        return max(1, min(self.max_span, reach))
+        return max(0, min(self.max_span, reach))
+
+    def trim_length(self) -> int:
+        """Oldest keys dropped: whole groups of 64 that lie beyond s (0 without trimming)."""
+        if not self.trim_memory:
+            return 0
+        droppable = min(self.max_span - 1, self.max_span - self.needed_span())
+        return math.floor(droppable / TRIM_GRANULARITY) * TRIM_GRANULARITY
 
     def kept_span(self) -> int:
-        """K: the keys kept per query; trimming rounds the needed span UP to a multiple of 64."""
-        if not self.trim_memory:
-            return self.max_span
-        return min(self.max_span, _round_up(self.needed_span(), TRIM_GRANULARITY))
+        """K = L - trimmed: the keys each query sees."""
+        return self.max_span - self.trim_length()
 
     def cache_size(self) -> int:
-        """C: cached layer inputs to keep for the next block (the kept span plus a margin)."""
+        """C: cached layer inputs to keep for the next block (the kept span plus a margin of 64)."""
         if not self.trim_memory:
             return self.max_span
         return min(self.max_span, self.kept_span() + CACHE_MARGIN)
@@ -71,7 +89,3 @@ class AdaptiveSpan(nn.Module):
     def spans(self) -> Tensor:
         """Current span of each head in positions, ramp included, within [0, L]; H."""
         return (self.z.detach().view(-1) * self.max_span + self.ramp).clamp(0, self.max_span)
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple

@@ -139,16 +139,20 @@ def _nll(p, cfg, h, targets):
 
 
 def reference_adaptive_log_probs(p, cfg, h):
-    """Full log p over the vocabulary from the tied adaptive softmax; h: n x d -> n x V."""
+    """Full log p over the vocabulary from the tied adaptive softmax; h: n x d -> n x V.
+    As the authors' code: the cluster logits act on the projected state P_0^T h, and tail
+    cluster i (1..S) reads the head column counted from the end (the last one is cluster 1)."""
     bounds = [0, *cfg.adaptive_cutoffs, cfg.vocab_size]
+    tails = len(bounds) - 2
     rows = []
     for x in h:
-        short = p["adaptive.tables.0"] @ (p["adaptive.projs.0"].t() @ x) + p["adaptive.biases.0"]
-        clusters = p["adaptive.cluster.weight"] @ x + p["adaptive.cluster.bias"]
+        x0 = p["adaptive.projs.0"].t() @ x
+        short = p["adaptive.tables.0"] @ x0 + p["adaptive.biases.0"]
+        clusters = p["adaptive.cluster.weight"] @ x0 + p["adaptive.cluster.bias"]
         head = torch.log_softmax(torch.cat([short, clusters]), 0)
         parts = [head[: bounds[1]]]
-        for i in range(1, len(bounds) - 1):
+        for i in range(1, tails + 1):
             tail = p[f"adaptive.tables.{i}"] @ (p[f"adaptive.projs.{i}"].t() @ x) + p[f"adaptive.biases.{i}"]
-            parts.append(head[bounds[1] + i - 1] + torch.log_softmax(tail, 0))
+            parts.append(head[bounds[1] + tails - i] + torch.log_softmax(tail, 0))
         rows.append(torch.cat(parts))
     return torch.stack(rows)

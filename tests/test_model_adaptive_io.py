@@ -1,4 +1,5 @@
-"""Tied adaptive input + adaptive softmax: exact, normalised, tied, and the whole model."""
+"""Tied adaptive input + adaptive softmax: the authors' head and tail order, exact, normalised,
+tied, and the whole model."""
 from __future__ import annotations
 
 import math
@@ -28,6 +29,23 @@ def test_nll_equals_explicit_log_probs_and_distribution_is_normalised():
     torch.testing.assert_close(nll.view(-1), -expected.gather(1, targets.view(-1, 1)).squeeze(1))
     torch.testing.assert_close(full, expected)
     torch.testing.assert_close(full.exp().sum(-1), torch.ones(40, dtype=torch.float64))
+
+
+def test_head_is_computed_from_the_projected_state_and_tails_read_columns_from_the_end():
+    """The authors' head: [table_0 ; cluster.weight] (P_0^T h) + [bias_0 ; cluster.bias], and
+    tail cluster i scored by head column c_0 + S - i (here 7 + 3 - i), written out by hand."""
+    io = adaptive_model().adaptive
+    gen = torch.Generator().manual_seed(3)
+    h = torch.randn(5, 16, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        x0 = h @ io.projs[0]  # n x d_0: P_0^T h
+        head = torch.log_softmax(torch.cat([x0 @ io.tables[0].t() + io.biases[0], x0 @ io.cluster.weight.t() + io.cluster.bias], -1), -1)
+        full = io.log_probs(h)
+    assert [io.head_column(i) for i in (1, 2, 3)] == [9, 8, 7]
+    torch.testing.assert_close(full[:, :7], head[:, :7])
+    for i, (lo, hi) in enumerate(((7, 15), (15, 30), (30, 40)), start=1):
+        within = torch.log_softmax(h @ io.projs[i] @ io.tables[i].t() + io.biases[i], -1).detach()
+        torch.testing.assert_close(full[:, lo:hi], head[:, 10 - i : 11 - i] + within)
 
 
 def test_input_and_output_share_tables_and_projections():
@@ -62,3 +80,19 @@ def test_adaptive_gradients_reach_shared_tables_from_both_sides():
     nll, _ = model(tokens, model.init_cache(2), targets)
     nll.mean().backward()
     assert all(p.grad is not None for p in model.adaptive.parameters())
+
+
+def test_every_adaptive_tensor_gets_a_gradient_even_when_its_cluster_is_absent():
+    """As the authors' dummy loss: a cluster absent from inputs and targets still gets a zero
+    gradient (so Adam moves it with its moments, as theirs does), and the loss is unchanged."""
+    model = adaptive_model().train()
+    tokens = torch.tensor([[0, 1, 2, 3]])  # shortlist only
+    nll, _ = model(tokens, model.init_cache(1), tokens)
+    nll.mean().backward()
+    for i in (1, 2, 3):
+        for tensor in (model.adaptive.tables[i], model.adaptive.projs[i], model.adaptive.biases[i]):
+            assert tensor.grad is not None and not tensor.grad.any()
+    with torch.no_grad():
+        h = torch.randn(1, 4, 16, dtype=torch.float64)
+        direct = -model.adaptive.log_probs(h.view(-1, 16)).gather(1, tokens.view(-1, 1)).view(1, 4)
+        assert torch.equal(model.adaptive.nll(h, tokens), direct)

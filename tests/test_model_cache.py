@@ -73,7 +73,7 @@ def trimming_pair(variant, seed=0):
     trimmed.load_state_dict(full.state_dict())
     with torch.no_grad():
         for layer in full.layers:
-            layer.attn.span.z.uniform_(0.05, 0.25)  # needed span <= 0.25 * 200 + 8 = 58 -> K = 64
+            layer.attn.span.z.uniform_(0.05, 0.25)  # needed span s <= 0.25 * 200 + 8 = 58 -> K = 200 - 128 = 72
     trimmed.load_state_dict(full.state_dict())
     return full, trimmed
 
@@ -81,17 +81,17 @@ def trimming_pair(variant, seed=0):
 @pytest.mark.parametrize("variant", ["all_attention", "attn_split", "head_split", "transformer"])
 def test_trimming_and_cache_shrinking_leave_nll_unchanged(variant):
     full, trimmed = trimming_pair(variant)
-    assert [layer.attn.kept_span() for layer in trimmed.layers] == [64, 64]
+    assert [layer.attn.kept_span() for layer in trimmed.layers] == [72, 72]  # two groups of 64 dropped
     trimmed_cache = trimmed.init_cache(2)
-    assert [c.shape[1] for c in trimmed_cache] == [128, 128]  # kept span + a 64-position margin
+    assert [c.shape[1] for c in trimmed_cache] == [136, 136]  # kept span + a 64-position margin
     tokens, targets = random_tokens(full, batch=2, block=150)
     a, full_cache = run_blocks(full, tokens, targets, 30, full.init_cache(2))
     b, trimmed_cache = run_blocks(trimmed, tokens, targets, 30, trimmed_cache)
     # the only difference is the 1e-8 of the renormalisation, relative to a smaller softmax sum
     torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
     for c_full, c_trim in zip(full_cache, trimmed_cache):
-        assert c_trim.shape[1] == 128
-        torch.testing.assert_close(c_trim, c_full[:, -128:], atol=1e-6, rtol=0)
+        assert c_trim.shape[1] == 136
+        torch.testing.assert_close(c_trim, c_full[:, -136:], atol=1e-6, rtol=0)
 
 
 def test_trimmed_model_matches_reference_with_short_cache():
@@ -103,18 +103,19 @@ def test_trimmed_model_matches_reference_with_short_cache():
     with torch.no_grad():
         nll, next_cache = trimmed(tokens, short, targets)
     torch.testing.assert_close(nll, reference_nll(full, tokens, padded, targets), atol=1e-6, rtol=0)
-    assert [c.shape[1] for c in next_cache] == [128, 128]
+    assert [c.shape[1] for c in next_cache] == [136, 136]
 
 
 def test_span_growth_is_followed():
-    """As z grows, the kept span and cache grow in steps of 64 up to L."""
+    """As z grows, the kept span and cache grow in steps of 64 up to L, as in the authors' code:
+    K = L - 64 * floor((L - s) / 64) with s = ceil(max z * L) + R, and C = min(L, K + 64)."""
     _, trimmed = trimming_pair("all_attention")
     span = trimmed.layers[0].attn.span
     with torch.no_grad():
         span.z.fill_(0.0)
-        assert (span.kept_span(), span.cache_size()) == (64, 128)
-        span.z[0] = 0.3  # needs ceil(60) + 8 = 68 positions
-        assert (span.kept_span(), span.cache_size()) == (128, 192)
+        assert (span.kept_span(), span.cache_size()) == (8, 72)  # s = 8: 192 keys dropped
+        span.z[0] = 0.3  # needs ceil(60) + 8 = 68 positions: 128 keys dropped
+        assert (span.kept_span(), span.cache_size()) == (72, 136)
         span.z[1] = 1.0
         assert (span.kept_span(), span.cache_size()) == (200, 200)
 
