@@ -2,15 +2,21 @@
 
 Every analysis command accepts the same inputs (DESIGN §4): a run directory, any
 folder above run directories (a grid's folder, a whole results root), or a
-GRID.yaml whose runs are looked up where the submitter put them.
+GRID.yaml whose runs are those its manifest (`<root>/<grid>/manifest.json`) records
+as submitted, by every `slurm.submit` of it. `--set`/`--only`, as given to
+`slurm.submit`, narrow a GRID.yaml to the runs of that expansion; `--root` is where
+it was submitted. Each GRID.yaml input says on stderr, in one line, which
+submission(s) its runs come from.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
+from experiments.manifest import add_selection_arguments
 from model.errors import UserError
 
 RUN_MARKER = "config.yaml"
@@ -18,20 +24,61 @@ GRID_SUFFIXES = (".yaml", ".yml")
 
 
 def add_inputs_argument(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    """Add the positional DIR_OR_GRID... argument shared by the analysis commands."""
+    """Add the positional DIR_OR_GRID... argument shared by the analysis commands, with the
+    --root, --set and --only that select a GRID.yaml's runs."""
     parser.add_argument(
-        "inputs", nargs="+" if required else "*", metavar="DIR_OR_GRID",
-        help="run directory, folder of run directories (searched recursively), or GRID.yaml",
+        "inputs", nargs="+" if required else "*", metavar="DIR_OR_GRID", action=_InputsAction,
+        help="run directory, folder of run directories (searched recursively), or GRID.yaml (its submitted runs)",
     )
+    parser.add_argument("--root", type=Path, default=None,
+                        help="results root a GRID.yaml was submitted to (default: runs/ in the project)")
+    add_selection_arguments(parser, purpose="analyse")
 
 
-def resolve_run_dirs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """The run directories named by `inputs`, each once, in input order."""
+class InputArg(str):
+    """A command-line input that remembers the namespace it was parsed into, so that
+    `resolve_run_dirs(args.inputs)` sees the --root/--set/--only given anywhere on the line."""
+
+    namespace: argparse.Namespace
+
+    def __new__(cls, value: str, namespace: argparse.Namespace) -> "InputArg":
+        item = super().__new__(cls, value)
+        item.namespace = namespace
+        return item
+
+
+class _InputsAction(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, [InputArg(str(v), namespace) for v in values or []])
+
+
+def resolve_run_dirs(inputs: Sequence[str | os.PathLike], root: str | os.PathLike | None = None,
+                     overrides: Sequence[str] | None = None, only: Sequence[str] | None = None) -> list[Path]:
+    """The run directories named by `inputs`, each once, in input order.
+
+    `root`, `overrides` (--set) and `only` (--only) select the runs of GRID.yaml inputs; when
+    not given, those parsed with the inputs (add_inputs_argument) apply.
+    """
+    items = [(Path(item), _selection(item, root, overrides, only)) for item in inputs]
+    if any(chosen["overrides"] or chosen["only"] for _, chosen in items) and not any(
+            path.suffix in GRID_SUFFIXES for path, _ in items):
+        raise UserError("--set and --only select the runs of a GRID.yaml input; folders are read whole "
+                        "(name the grid file instead)")
     found: dict[Path, None] = {}
-    for item in inputs:
-        for run_dir in _run_dirs_of(Path(item)):
+    for path, chosen in items:
+        for run_dir in _run_dirs_of(path, **chosen):
             found.setdefault(run_dir.resolve(), None)
     return list(found)
+
+
+def _selection(item: str | os.PathLike, root: str | os.PathLike | None, overrides: Sequence[str] | None,
+               only: Sequence[str] | None) -> dict[str, Any]:
+    """The explicit arguments, else those parsed with the item, else none."""
+    parsed = getattr(item, "namespace", None)
+    return {"root": root if root is not None else getattr(parsed, "root", None),
+            "overrides": list(overrides if overrides is not None else getattr(parsed, "set", None) or []),
+            "only": list(only if only is not None else getattr(parsed, "only", None) or [])}
 
 
 def scan_run_dirs(root: Path) -> list[Path]:
@@ -44,14 +91,12 @@ def scan_run_dirs(root: Path) -> list[Path]:
     return sorted(found)
 
 
-def _run_dirs_of(path: Path) -> list[Path]:
+def _run_dirs_of(path: Path, root: str | os.PathLike | None = None, overrides: Sequence[str] = (),
+                 only: Sequence[str] = ()) -> list[Path]:
     if path.suffix in GRID_SUFFIXES:
         if not path.is_file():
             raise UserError(f"{path}: no such grid file")
-        dirs = _grid_run_dirs(path)
-        if not dirs:
-            raise UserError(f"{path}: none of this grid's runs has a run directory yet (submit it first)")
-        return dirs
+        return _grid_run_dirs(path, root, overrides, only)
     if not path.is_dir():
         raise UserError(f"{path}: no such directory (expected run directories or a GRID.yaml)")
     dirs = scan_run_dirs(path)
@@ -60,11 +105,25 @@ def _run_dirs_of(path: Path) -> list[Path]:
     return dirs
 
 
-def _grid_run_dirs(grid: Path) -> list[Path]:
-    # Imported here so that analysing result folders never needs the submission side.
-    try:
-        from experiments.grid import grid_run_dirs
-    except ImportError as err:
-        raise UserError(f"{grid}: reading a grid file needs experiments.grid ({err}); "
-                        "pass the grid's results folder instead") from err
-    return [d for d in grid_run_dirs(grid) if (Path(d) / RUN_MARKER).is_file()]
+def _grid_run_dirs(grid: Path, root: str | os.PathLike | None, overrides: Sequence[str],
+                   only: Sequence[str]) -> list[Path]:
+    """The submitted runs of a grid (those its manifest records), narrowed by --set/--only."""
+    # Imported here so that analysing result folders never loads the config stack.
+    from experiments.grid import DEFAULT_ROOT
+    from experiments.manifest import FILENAME, select
+
+    selection = select(grid, Path(root) if root is not None else DEFAULT_ROOT, overrides, only)
+    grid_dir = selection.manifest.grid_dir
+    if selection.manifest.exists:
+        dirs = [r.run_dir for r in selection.submitted_runs()]
+        note = selection.summary() + "".join(f"; note: {n}" for n in selection.notes)
+    else:  # never submitted through slurm.submit (runs placed there by hand): the grid's expansion
+        dirs = [r.run_dir for r in selection.runs]
+        note = f"{selection.grid_name}: no {FILENAME} in {grid_dir}: the grid file's runs found there"
+    dirs = [d for d in dirs if (d / RUN_MARKER).is_file()]
+    print(note, file=sys.stderr)
+    if not dirs:
+        flags = f" matching {selection.selection_flags()}" if selection.filtered else ""
+        raise UserError(f"{grid}: no run directory in {grid_dir} for the submitted runs{flags} "
+                        f"(submit it first, or check --root/--set/--only)")
+    return dirs

@@ -4,7 +4,9 @@
 # exact entropy floor. It composes the harness's own commands, exactly as a user would run them:
 #   1. python -m experiments.data prepare lexicon            (once)
 #   2. python -m slurm.submit experiments/demo.yaml --executor local --wait
-#   3. python -m analysis.figure2 / analysis.report on the grid's runs
+#   3. python -m analysis.figure2 / analysis.report experiments/demo.yaml with the same --set: the
+#      runs of this submission only (the grid's manifest records them), never older runs in the
+#      same root made with other settings
 # Finished runs are not redone: running it again only redraws.
 #
 # Usage: experiments/demo.sh [--set key=value ...]     (e.g. --set train.steps=50 for a quick look)
@@ -17,10 +19,11 @@ root=${DEMO_ROOT:-runs}
 data=${DEMO_DATA:-data/lexicon}
 report=$root/demo/report
 [ -f "$data/meta.json" ] || "$PY" -m experiments.data prepare lexicon --out "$data"
-"$PY" -m slurm.submit experiments/demo.yaml --executor local --wait --root "$root" --set "data.path=$data" "$@"
-"$PY" -m analysis.figure2 "$root/demo" --out-dir "$report" --no-published
+selection=(--root "$root" --set "data.path=$data" "$@")
+"$PY" -m slurm.submit experiments/demo.yaml --executor local --wait "${selection[@]}"
+"$PY" -m analysis.figure2 experiments/demo.yaml "${selection[@]}" --out-dir "$report" --no-published
 mkdir -p "$report"
-"$PY" -m analysis.report "$root/demo" --baseline transformer > "$report/comparison.md.tmp"
+"$PY" -m analysis.report experiments/demo.yaml "${selection[@]}" --baseline transformer > "$report/comparison.md.tmp"
 mv "$report/comparison.md.tmp" "$report/comparison.md"
 echo
 cat "$report/comparison.md"

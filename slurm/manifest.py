@@ -1,36 +1,30 @@
-"""The grid's manifest: which job runs which run, so resubmission can skip live ones.
+"""The scheduler's side of a grid's manifest: which recorded jobs are still queued or running.
 
-`<root>/<grid>/manifest.json` maps run id -> {job_id, array_index, executor,
-submitted}; it is rewritten atomically after every submission.
+The manifest itself (`<root>/<grid>/manifest.json`: every submission with its
+`--set`/`--only` and the runs it submitted, each run's latest job) is run-directory
+knowledge that the analysis commands read too, so its format, reader and writer live
+in `experiments/manifest.py`; `slurm.submit` records through `record_jobs`.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
-from experiments.atomic import atomic_write_json
+from experiments.manifest import Manifest, Submission, load as load_manifest, new_submission, record_jobs
+
+__all__ = ["LIVE_SLURM_STATES", "Manifest", "Submission", "load", "load_manifest", "live_runs", "new_submission",
+           "record_jobs", "slurm_states"]
 
 LIVE_SLURM_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD",
                      "REQUEUE_FED", "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT"}
 
 
 def load(grid_dir: Path) -> dict[str, dict[str, Any]]:
-    try:
-        return json.loads((grid_dir / "manifest.json").read_text())
-    except FileNotFoundError:
-        return {}
-
-
-def record(grid_dir: Path, run_id: str, job_id: str, array_index: int, executor: str) -> None:
-    entries = load(grid_dir)
-    entries[run_id] = {"job_id": job_id, "array_index": array_index, "executor": executor,
-                       "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    atomic_write_json(grid_dir / "manifest.json", entries)
+    """Run id -> its latest job {job_id, array_index, executor, submitted, run_dir, submission}."""
+    return load_manifest(grid_dir).runs
 
 
 def slurm_states(job_ids: list[str]) -> dict[str, str]:

@@ -1,4 +1,10 @@
-"""Where every run of a grid stands:  python -m slurm.status GRID.yaml [--tail] [--cancel] [--root DIR]
+"""Where every run of a grid stands:  python -m slurm.status GRID.yaml [--set K=V] [--only K=V] [--tail] [--cancel] [--root DIR]
+
+The runs are those the grid's manifest records (every `slurm.submit` of the grid,
+whatever `--set`/`--only` it was given), plus the runs the grid would produce with
+those settings that were never submitted ("not submitted"). `--set`/`--only`, as
+given to `slurm.submit`, narrow the table (and `--cancel`) to the runs of that
+expansion. The header says which submission(s) are shown.
 
 The state comes from the run's own status.json (written by the job), refined by
 the scheduler: `squeue` for live jobs, and `sacct` (when accounting runs) for jobs
@@ -15,12 +21,14 @@ import subprocess
 from pathlib import Path
 from typing import Sequence
 
-from experiments.grid import DEFAULT_ROOT, load_grid
+from experiments.grid import DEFAULT_ROOT
+from experiments.manifest import Selection, add_selection_arguments, select
 from experiments.metrics import read_metrics
 from experiments.run_dir import RunDir
 from experiments.cli import run_cli
 from slurm import manifest
 
+NOT_SUBMITTED = "not submitted"
 TERMINAL_SACCT = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 
 
@@ -56,36 +64,51 @@ def last_train_metric(run_dir: RunDir) -> str:
     return f"{unit} {last[unit]:.3f}"
 
 
-def status_rows(grid_path: Path, root: Path) -> list[dict]:
-    grid = load_grid(grid_path)
-    entries = manifest.load(root / grid.name)
+def status_rows(grid_path: Path, root: Path, overrides: Sequence[str] = (), only: Sequence[str] = ()) -> list[dict]:
+    return selected_rows(select(grid_path, root, overrides, only))
+
+
+def selected_rows(selection: Selection) -> list[dict]:
+    """One row per selected run: its state as the run directory and the scheduler see it."""
+    entries = selection.manifest.runs
     slurm_jobs = [e["job_id"] for e in entries.values() if e["executor"] == "slurm"]
     queued = manifest.slurm_states(slurm_jobs)
     accounted = sacct_states(slurm_jobs)
-    live = manifest.live_runs(root / grid.name)
+    live = manifest.live_runs(selection.manifest.grid_dir)
     rows = []
-    for cfg in grid.runs:
-        run_dir = RunDir(grid.run_dir(cfg, root))
+    for run in selection.runs:
+        run_dir = RunDir(run.run_dir)
         status = run_dir.read_status()
-        job_id = entries.get(cfg.run_id, {}).get("job_id")
-        state = run_state(status, job_id, cfg.run_id in live, queued.get(job_id), accounted.get(job_id))
-        rows.append({"run": cfg.run_id, "state": state,
+        job_id = run.entry["job_id"] if run.entry else None
+        state = run_state(status, job_id, run.run_id in live, queued.get(job_id), accounted.get(job_id))
+        if job_id is None and state == "PENDING":  # no job was ever asked for: it would wait forever
+            state = NOT_SUBMITTED
+        rows.append({"run": run.run_id, "state": state,
                      "stage": status.get("stage") or "-", "step": status.get("step", 0),
-                     "metric": last_train_metric(run_dir), "attempts": status.get("attempt", 0),
-                     "job": job_id or "-", "run_dir": run_dir, "error": status.get("error")})
+                     "metric": last_train_metric(run_dir) if run_dir.path.is_dir() else "-",
+                     "attempts": status.get("attempt", 0), "job": job_id or "-",
+                     "submission": ",".join(f"#{n}" for n in run.submissions) or "-",
+                     "run_dir": run_dir, "error": status.get("error")})
     return rows
 
 
-def print_rows(rows: list[dict]) -> None:
-    print(f"{'run':<58} {'state':<10} {'stage':<9} {'step':>8} {'last train':>12} {'attempts':>8}  job")
+def print_rows(rows: list[dict], header: Sequence[str] = ()) -> None:
+    for line in header:
+        print(line)
+    print(f"{'run':<58} {'state':<13} {'stage':<9} {'step':>8} {'last train':>12} {'attempts':>8}  {'sub.':<5} job")
     for r in rows:
-        print(f"{r['run']:<58} {r['state']:<10} {r['stage']:<9} {r['step']:>8} {r['metric']:>12} {r['attempts']:>8}  {r['job']}")
+        print(f"{r['run']:<58} {r['state']:<13} {r['stage']:<9} {r['step']:>8} {r['metric']:>12} {r['attempts']:>8}  "
+              f"{r['submission']:<5} {r['job']}")
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    print(f"{len(rows)} runs: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
 
 
 def print_tails(rows: list[dict], lines: int = 20) -> None:
     """The error tail and log tail of every run that did not succeed."""
     for r in rows:
-        if r["state"] in ("DONE", "RUNNING", "PENDING"):
+        if r["state"] in ("DONE", "RUNNING", "PENDING", NOT_SUBMITTED):
             continue
         print(f"\n=== {r['run']} ({r['state']}) ===")
         if r["error"]:
@@ -95,9 +118,11 @@ def print_tails(rows: list[dict], lines: int = 20) -> None:
             print("\n".join(log.read_text(errors="replace").splitlines()[-lines:]))
 
 
-def cancel(rows: list[dict], root: Path, grid_name: str) -> int:
-    live = manifest.live_runs(root / grid_name)
-    entries = manifest.load(root / grid_name)
+def cancel(rows: list[dict], grid_dir: Path) -> int:
+    """Cancel the live jobs of the runs in `rows` (and of no other run)."""
+    live = manifest.live_runs(grid_dir)
+    entries = manifest.load(grid_dir)
+    cancelled = 0
     for r in rows:
         job = live.get(r["run"])
         if job is None:
@@ -108,6 +133,8 @@ def cancel(rows: list[dict], root: Path, grid_name: str) -> int:
             os.kill(int(job), signal.SIGTERM)
         r["run_dir"].write_status("CANCELLED", error="cancelled by slurm.status --cancel")
         print(f"cancelled {r['run']} (job {job})")
+        cancelled += 1
+    print(f"cancelled {cancelled} of {len(rows)} runs shown ({len(rows) - cancelled} not live)")
     return 0
 
 
@@ -115,13 +142,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m slurm.status", description=__doc__.split("\n")[0])
     parser.add_argument("grid", type=Path, help="grid YAML")
     parser.add_argument("--tail", action="store_true", help="show the error and log tails of failed runs")
-    parser.add_argument("--cancel", action="store_true", help="cancel the grid's live jobs")
+    parser.add_argument("--cancel", action="store_true", help="cancel the live jobs of the runs shown")
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help=f"results root (default {DEFAULT_ROOT})")
+    add_selection_arguments(parser, purpose="show (or cancel)")
     args = parser.parse_args(argv)
-    rows = status_rows(args.grid, args.root)
+    selection = select(args.grid, args.root, args.set, args.only)
+    rows = selected_rows(selection)
     if args.cancel:
-        return cancel(rows, args.root, load_grid(args.grid).name)
-    print_rows(rows)
+        for line in selection.header():
+            print(line)
+        return cancel(rows, selection.manifest.grid_dir)
+    print_rows(rows, selection.header())
     if args.tail:
         print_tails(rows)
     return 0

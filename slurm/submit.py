@@ -7,8 +7,9 @@
 Every config of the grid is validated before anything is submitted. Each run is
 classified DONE (skipped), ACTIVE (a live job already has it: skipped) or
 SUBMIT. Runs with the same resources go into one job array throttled to K at a
-time; the command returns as soon as `sbatch` has answered, after recording
-run -> job id in `<root>/<grid>/manifest.json`. `--executor local` takes the same
+time; the command returns as soon as `sbatch` has answered, after recording the
+submission (its --set/--only, and run -> job id) in `<root>/<grid>/manifest.json`,
+which `slurm.status` and the analysis commands read. `--executor local` takes the same
 path through submitit's local executor (jobs run as background processes here).
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ import submitit
 
 from experiments.atomic import atomic_write_text
 from experiments.grid import DEFAULT_ROOT, Grid, load_grid
+from experiments.manifest import add_selection_arguments
 from experiments.run_config import RunConfig
 from experiments.run_dir import RunDir
 from experiments.train import prepare_run_dir
@@ -131,7 +133,8 @@ def sbatch_script(executor: submitit.Executor, array_size: int) -> str:
         inner.parameters.pop("map_count")
 
 
-def submit_group(grid_dir: Path, runs: list[PlannedRun], executor: submitit.Executor) -> list[submitit.Job]:
+def submit_group(grid_dir: Path, runs: list[PlannedRun], executor: submitit.Executor,
+                 submission: manifest.Submission | None = None) -> list[submitit.Job]:
     for p in runs:
         p.run_dir.path.mkdir(parents=True, exist_ok=True)
         prepare_run_dir(p.cfg, p.run_dir)
@@ -139,8 +142,10 @@ def submit_group(grid_dir: Path, runs: list[PlannedRun], executor: submitit.Exec
     with submitit.helpers.clean_env():
         with executor.batch():
             jobs = [executor.submit(TrainingJob(p.run_dir.path)) for p in runs]
-    for index, (p, job) in enumerate(zip(runs, jobs)):
-        manifest.record(grid_dir, p.run_dir.path.name, job.job_id, index, executor.cluster)
+    manifest.record_jobs(grid_dir, submission or manifest.new_submission(),
+                         [(p.run_dir.path.name, p.run_dir.path, job.job_id, index) for index, (p, job) in enumerate(zip(runs, jobs))],
+                         executor.cluster)
+    for p, job in zip(runs, jobs):
         _link_logs(p.run_dir, Path(job.paths.folder))
     return jobs
 
@@ -167,11 +172,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     where.add_argument("--executor", choices=["local"], help="run on this machine through submitit's local executor")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and write the sbatch script; submit nothing")
     parser.add_argument("--force", action="store_true", help="rerun DONE runs (their old directory is kept, renamed)")
-    parser.add_argument("--only", action="append", default=[], metavar="KEY=VALUE", help="submit matching runs only")
     parser.add_argument("--max-parallel", type=int, default=64, help="array throttle: runs at once (default 64)")
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help=f"results root (default {DEFAULT_ROOT})")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a value of every run of the grid (changes their run ids)")
+    add_selection_arguments(parser, purpose="submit")
     parser.add_argument("--wait", action="store_true", help="wait for the submitted jobs and report how they ended")
     args = parser.parse_args(argv)
     if args.max_parallel < 1:
@@ -193,20 +196,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "SLURM_JOB_ID" in os.environ and not local:
         print("warning: submitting from inside a SLURM allocation; the job's SLURM_* variables are cleared "
               "for the submission", file=sys.stderr)
-    jobs = submit_planned(args.root / grid.name, planned, profile, local, args.max_parallel, args.force)
+    submission = manifest.new_submission(args.grid, args.set, args.only)
+    jobs = submit_planned(args.root / grid.name, planned, profile, local, args.max_parallel, args.force, submission)
     return wait_for(jobs) if args.wait else 0
 
 
 def submit_planned(grid_dir: Path, planned: list[PlannedRun], profile: ClusterProfile, local: bool,
-                   max_parallel: int, force: bool = False) -> list[submitit.Job]:
-    """Submit the runs planned SUBMIT, one array per resource shape; returns their jobs."""
+                   max_parallel: int, force: bool = False,
+                   submission: manifest.Submission | None = None) -> list[submitit.Job]:
+    """Submit the runs planned SUBMIT, one array per resource shape, recorded in the manifest as one
+    submission (settings unknown when `submission` is None); returns their jobs."""
+    submission = submission or manifest.new_submission()
     jobs = []
     for shape_runs in _groups([p for p in planned if p.state == "SUBMIT"]).values():
         if force:
             for p in shape_runs:
                 _archive_for_rerun(p.run_dir)
         executor = make_executor(grid_dir, shape_runs[0].cfg, shape_runs, profile, local, max_parallel)
-        jobs += submit_group(grid_dir, shape_runs, executor)
+        jobs += submit_group(grid_dir, shape_runs, executor, submission)
     ids = sorted({j.job_id.split("_")[0] for j in jobs})
     print(f"submitted {len(jobs)} runs" + (f": jobs {', '.join(ids)}" if jobs else ""))
     return jobs

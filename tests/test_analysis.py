@@ -243,3 +243,167 @@ def test_the_same_configuration_in_two_grids_counts_once(tmp_path):
         shutil.copytree(source, tmp_path / grid / name)
     runs = load_runs([tmp_path])
     assert len(runs) == 1 and runs["run_id"].iloc[0].endswith("a370445d")
+
+
+# --- GRID.yaml inputs follow the grid's manifest (what was submitted, with which --set/--only) ---
+
+
+def _tiny_grid(folder: Path, name: str = "four") -> Path:
+    """A 2 x 2 grid that expands without data (run ids only); no run of it is trained here."""
+    import json
+
+    import yaml
+
+    from tests.helpers import TINY_RUN
+
+    base = json.loads(json.dumps(TINY_RUN))
+    base["data"]["path"] = str(folder / "no-corpus")
+    base["grid"] = {"model.num_persistent": [4, 8], "model.num_layers": [1, 2]}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(base))
+    return path
+
+
+def _record(grid: Path, root: Path, overrides: list[str], only: list[str], runs: list[str] | None = None,
+            fixture: str | None = None):
+    """Record a submission of `grid` as slurm.submit does (every run of the expansion unless `runs`), and
+    give each run a run directory: a copy of the fixture run `fixture`, or just its config.yaml."""
+    import shutil
+
+    from experiments import manifest
+    from experiments.grid import load_grid
+
+    grid_dir = root / grid.stem
+    submission = manifest.new_submission(grid, overrides, only)
+    ids = runs or [cfg.run_id for cfg in load_grid(grid, only, overrides).runs]
+    for index, run_id in enumerate(ids):
+        if fixture:
+            shutil.copytree(run_dir(fixture), grid_dir / run_id)
+        else:
+            (grid_dir / run_id).mkdir(parents=True)
+            (grid_dir / run_id / "config.yaml").write_text("name: x\n")
+    return manifest.record_jobs(grid_dir, submission, [(r, grid_dir / r, str(900 + i), i) for i, r in enumerate(ids)],
+                                "local")
+
+
+def _ids(grid: Path, overrides=(), only=()) -> list[str]:
+    from experiments.grid import load_grid
+
+    return [cfg.run_id for cfg in load_grid(grid, only, overrides).runs]
+
+
+def test_manifest_records_every_submission_with_its_settings(tmp_path: Path) -> None:
+    from experiments import manifest
+
+    grid, root = _tiny_grid(tmp_path), tmp_path / "root"
+    first = _record(grid, root, ["train.steps=3"], ["model.num_layers=1"])
+    # one command, two job arrays: one submission
+    grid_dir = root / "four"
+    second = manifest.new_submission(grid, ["train.steps=5"], [])
+    a, b = _ids(grid, ["train.steps=5"])[:2]
+    manifest.record_jobs(grid_dir, second, [(a, grid_dir / a, "11_0", 0)], "slurm")
+    manifest.record_jobs(grid_dir, second, [(b, grid_dir / b, "12_0", 0)], "slurm")
+    loaded = manifest.load(grid_dir)
+    assert [(s.number, s.overrides, s.only, len(s.runs)) for s in loaded.submissions] == [
+        (1, ["train.steps=3"], ["model.num_layers=1"], 2), (2, ["train.steps=5"], [], 2)]
+    assert first.number == 1 and loaded.submissions[1].executor == "slurm"
+    assert loaded.runs[b] == {**loaded.runs[b], "job_id": "12_0", "run_dir": b, "submission": 2}
+    assert loaded.run_dir(b) == grid_dir / b and loaded.submissions_of(a) == [2]
+    assert "--set train.steps=3 --only model.num_layers=1, 2 runs" in loaded.submissions[0].describe()
+
+
+def test_manifest_written_before_submissions_were_recorded_still_reads(tmp_path: Path) -> None:
+    import json
+
+    from experiments import manifest
+
+    grid, root = _tiny_grid(tmp_path), tmp_path / "root"
+    old_ids = _ids(grid)[:2]
+    (root / "four").mkdir(parents=True)
+    (root / "four" / "manifest.json").write_text(json.dumps({
+        r: {"job_id": f"7_{i}", "array_index": i, "executor": "slurm", "submitted": f"2024-01-0{i + 1}T10:00:00"}
+        for i, r in enumerate(old_ids)}))
+    loaded = manifest.load(root / "four")
+    (legacy,) = loaded.submissions
+    assert set(legacy.runs) == set(old_ids) and not legacy.settings_known and legacy.time == "2024-01-01T10:00:00"
+    assert loaded.runs[old_ids[1]]["job_id"] == "7_1" and loaded.run_dir(old_ids[1]) == root / "four" / old_ids[1]
+    # The plain expansion stands for its settings: the grid's other runs show as not submitted.
+    shown = manifest.select(grid, root)
+    assert [(r.run_id, r.submitted) for r in shown.runs] == [(r, r in old_ids) for r in _ids(grid)]
+    # A new submission keeps the old runs as submission #1.
+    _record(grid, root, ["train.steps=3"], [])
+    again = manifest.load(root / "four")
+    assert [s.number for s in again.submissions] == [1, 2] and again.submissions[0].overrides is None
+    assert set(again.runs) == set(old_ids) | set(_ids(grid, ["train.steps=3"]))
+
+
+def test_selection_shows_the_submitted_runs_not_a_fresh_expansion(tmp_path: Path) -> None:
+    from experiments import manifest
+
+    grid, root = _tiny_grid(tmp_path), tmp_path / "root"
+    never = manifest.select(grid, root)
+    assert not never.manifest.exists and [r.submitted for r in never.runs] == [False] * 4
+    _record(grid, root, ["train.steps=3"], ["model.num_layers=1"])
+    everything = manifest.select(grid, root)
+    submitted = _ids(grid, ["train.steps=3"], ["model.num_layers=1"])
+    # the other runs of the same expansion are "not submitted"; the plain grid's runs are not shown at all
+    assert [(r.run_id, r.submitted) for r in everything.runs] == [(r, r in submitted) for r in _ids(grid, ["train.steps=3"])]
+    assert [s.number for s in everything.shown] == [1] and "every submission" in everything.header()[0]
+    narrowed = manifest.select(grid, root, ["train.steps=3"], ["model.num_persistent=8"])
+    assert [(r.run_id, r.submitted) for r in narrowed.runs] == [
+        (r, r in submitted) for r in _ids(grid, ["train.steps=3"], ["model.num_persistent=8"])]
+    assert "matching --set train.steps=3 --only model.num_persistent=8" in narrowed.summary()
+    other = manifest.select(grid, root, ["train.steps=4"])
+    assert not other.submitted_runs() and other.shown == []
+    with pytest.raises(UserError, match="no such grid file"):
+        manifest.select(tmp_path / "missing.yaml", root)
+
+
+def test_grid_input_resolves_the_submitted_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from analysis.inputs import add_inputs_argument
+
+    grid, root = _tiny_grid(tmp_path), tmp_path / "root"
+    _record(grid, root, ["train.steps=3"], ["model.num_layers=1"])
+    _record(grid, root, ["train.steps=5"], ["model.num_persistent=4"])
+    first, second = _ids(grid, ["train.steps=3"], ["model.num_layers=1"]), _ids(grid, ["train.steps=5"], ["model.num_persistent=4"])
+    # every submission, whatever it was submitted with
+    assert resolve_run_dirs([grid], root=root) == [(root / "four" / r).resolve() for r in first + second]
+    assert "4 submitted run(s) from submission(s) #1" in capsys.readouterr().err
+    # --set/--only given anywhere on the command line narrow it to that expansion
+    parser = argparse.ArgumentParser()
+    add_inputs_argument(parser)
+    args = parser.parse_args(["--set", "train.steps=5", str(grid), "--root", str(root), "--only", "model.num_layers=2"])
+    assert resolve_run_dirs(args.inputs) == [(root / "four" / second[1]).resolve()]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "1 submitted run(s) matching --set train.steps=5 --only model.num_layers=2" in err
+    assert "submission(s) #2" in err and "#1" not in err
+    with pytest.raises(UserError, match="no run directory .* matching --set train.steps=4"):
+        resolve_run_dirs([grid], root=root, overrides=["train.steps=4"])
+    with pytest.raises(UserError, match="select the runs of a GRID.yaml"):
+        resolve_run_dirs([root / "four"], overrides=["train.steps=3"])
+
+
+def test_grid_input_without_a_manifest_reads_the_expansion(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    grid, root = _tiny_grid(tmp_path), tmp_path / "root"
+    placed = _ids(grid)[1]
+    (root / "four" / placed).mkdir(parents=True)
+    (root / "four" / placed / "config.yaml").write_text("name: x\n")
+    assert resolve_run_dirs([grid], root=root) == [(root / "four" / placed).resolve()]
+    assert "no manifest.json" in capsys.readouterr().err
+
+
+def test_report_cli_on_a_grid_submitted_with_set_and_only(tmp_path: Path) -> None:
+    grid, root = _tiny_grid(tmp_path), tmp_path / "root"
+    wanted = ["--set", "train.steps=3", "--only", "model.num_layers=1"]
+    _record(grid, root, ["train.steps=3"], ["model.num_layers=1"], runs=_ids(grid, ["train.steps=3"], ["model.num_layers=1"])[:1],
+            fixture="transformer-n0-s1")
+    _record(grid, root, ["train.steps=3"], ["model.num_layers=1"], runs=_ids(grid, ["train.steps=3"], ["model.num_layers=1"])[1:],
+            fixture="all-attention-n4-s1")
+    _record(grid, root, ["train.steps=9"], [], runs=_ids(grid, ["train.steps=9"])[:1], fixture="attention-only-n0-s1")
+    cmd = [sys.executable, "-m", "analysis.report", str(grid), "--root", str(root), *wanted, "--format", "csv"]
+    result = subprocess.run(cmd, cwd=PROJECT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert set(pd.read_csv(io.StringIO(result.stdout))["variant"]) == {"transformer", "all_attention"}
+    assert "from submission(s) #1" in result.stderr and "#2" in result.stderr and "#3" not in result.stderr

@@ -2,14 +2,20 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 
 import pandas as pd
 
 from tests.conftest import PROJECT_ROOT
 
+OLD_RUN = PROJECT_ROOT / "tests" / "fixtures" / "runs" / "fig2_demo" / "transformer-n0-s1-e94e2119"
+
 
 def test_demo_grid_end_to_end(tmp_path):
+    # A finished run of the same grid made earlier with other settings: the demo's analysis
+    # reads the runs its submission recorded, so this one is not pooled with them.
+    shutil.copytree(OLD_RUN, tmp_path / "runs" / "demo" / OLD_RUN.name)
     env = {**os.environ, "DEMO_ROOT": str(tmp_path / "runs"), "DEMO_DATA": str(tmp_path / "lexicon")}
     cmd = ["bash", "experiments/demo.sh", "--set", "train.steps=20", "--set", "train.eval_every=10", "--set", "train.checkpoint_every=10",
            "--set", "train.log_every=10", "--set", "eval.max_tokens=2048"]
@@ -20,8 +26,11 @@ def test_demo_grid_end_to_end(tmp_path):
     assert (report / "figure2.pdf").exists()
     plotted = pd.read_csv(report / "figure2.csv")
     assert {"attention_only", "all_attention", "transformer", "attn_split", "single_head"} <= set(plotted["variant"])
+    assert (plotted["n"] == 1).all(), plotted
     table = (report / "comparison.md").read_text()
     assert "floor" in table and "transformer" in table
+    assert "| transformer (baseline) | 0 | 4 | 1 |" in table
+    assert "demo: 6 submitted run(s) matching --set data.path=" in proc.stderr
     assert "6 of 6 runs finished" in proc.stdout
 
     again = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600, env=env)

@@ -1,6 +1,7 @@
 """Submission layer: against the real local SLURM (slurm/local/up.sh) and submitit's local executor."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 import cloudpickle
+import pandas as pd
 import pytest
 import yaml
 
@@ -24,7 +26,7 @@ from tests.slurm_cluster import require_slurm
 
 GOLDEN = Path(__file__).parent / "golden"
 DETERMINISTIC = ("step", "split", "loss", "bpc", "lr")
-FINISHED = {"DONE", "FAILED", "CANCELLED", "LOST", *slurm_status.TERMINAL_SACCT}
+FINISHED = {"DONE", "FAILED", "CANCELLED", "LOST", slurm_status.NOT_SUBMITTED, *slurm_status.TERMINAL_SACCT}
 
 
 @pytest.fixture(scope="module")
@@ -262,3 +264,95 @@ def test_job_object_survives_cloudpickle(tmp_path):
     clone = cloudpickle.loads(cloudpickle.dumps(job))
     assert clone.run_dir == str(tmp_path / "run") and callable(clone)
     assert cloudpickle.loads(cloudpickle.dumps(clone.checkpoint())).function.run_dir == clone.run_dir
+
+
+# --- runs submitted with --set / --only: status, cancel and analysis follow the manifest ---
+
+FOUR_RUNS = {"grid": {"model.num_persistent": [4, 8], "model.num_layers": [1, 2]}}
+
+
+def _expansion(grid: Path, flags: list[str]) -> list[str]:
+    """Run ids of the grid expanded with slurm.submit's --set/--only `flags`."""
+    pairs = list(zip(flags[::2], flags[1::2]))
+    return [cfg.run_id for cfg in load_grid(grid, [v for k, v in pairs if k == "--only"],
+                                            [v for k, v in pairs if k == "--set"]).runs]
+
+
+def _states(grid: Path, root: Path, *flags: str) -> dict[str, str]:
+    pairs = list(zip(flags[::2], flags[1::2]))
+    rows = slurm_status.status_rows(grid, root, [v for k, v in pairs if k == "--set"],
+                                    [v for k, v in pairs if k == "--only"])
+    return {r["run"]: r["state"] for r in rows}
+
+
+def _cancelled(output: str) -> set[str]:
+    return set(re.findall(r"^cancelled (\S+) \(job", output, re.M))
+
+
+def test_status_without_slurm_follows_the_manifest(tmp_path):
+    """Recorded runs (any --set) show their state; the other runs of their expansion show as not submitted."""
+    from experiments import manifest as record
+    from experiments.run_dir import RunDir
+
+    grid = write_grid(tmp_path, prepare_lexicon(tmp_path / "lexicon"), "four", FOUR_RUNS)
+    root = tmp_path / "root"
+    flags = ["--set", "train.steps=6", "--only", "model.num_layers=1"]
+    submitted = _expansion(grid, flags)
+    grid_dir = root / "four"
+    for run_id in submitted:
+        RunDir(grid_dir / run_id).write_status("DONE", stage="done", step=6)
+    dead_pid = "999999999"
+    record.record_jobs(grid_dir, record.new_submission(grid, ["train.steps=6"], ["model.num_layers=1"]),
+                       [(r, grid_dir / r, dead_pid, i) for i, r in enumerate(submitted)], "local")
+    others = [r for r in _expansion(grid, ["--set", "train.steps=6"]) if r not in submitted]
+    assert _states(grid, root) == {**{r: "DONE" for r in submitted}, **{r: "not submitted" for r in others}}
+    assert _states(grid, root, "--set", "train.steps=6", "--only", "model.num_persistent=8") == {
+        submitted[1]: "DONE", others[1]: "not submitted"}
+    assert set(_states(grid, root, "--set", "train.steps=7").values()) == {"not submitted"}
+    table = status(grid, root)
+    assert "submission #1" in table and "(--set train.steps=6 --only model.num_layers=1, 2 runs)" in table
+    assert "4 runs: 2 DONE, 2 not submitted" in table
+    assert "cancelled 0 of 2 runs shown" in status(grid, root, "--cancel", *flags)
+
+
+def test_runs_submitted_with_set_and_only_are_followed_by_status_cancel_and_report(corpus, tmp_path):
+    require_slurm()
+    grid = write_grid(tmp_path, corpus, "four", FOUR_RUNS)
+    root = tmp_path / "root"
+    quick = ["--set", "train.steps=6", "--only", "model.num_layers=1"]
+    first = submit(grid, root, "--cluster", "local", *quick)
+    assert first.returncode == 0 and "2 to submit" in first.stdout, first.stderr
+    done = _expansion(grid, quick)
+    wait_done(grid, root)
+    unsent = [r for r in _expansion(grid, quick[:2]) if r not in done]
+    assert _states(grid, root) == {**{r: "DONE" for r in done}, **{r: "not submitted" for r in unsent}}
+    table = status(grid, root)
+    assert "(--set train.steps=6 --only model.num_layers=1, 2 runs)" in table
+    assert table.count(" DONE ") == 2 and table.count(" not submitted ") == 2
+
+    # Two long submissions; cancelling the first of them cancels exactly its runs.
+    long = ["--set", "train.steps=5000", "--only", "model.num_layers=2"]
+    other = ["--set", "train.steps=5001", "--only", "model.num_layers=2", "--only", "model.num_persistent=4"]
+    for flags in (long, other):
+        proc = submit(grid, root, "--cluster", "local", *flags)
+        assert proc.returncode == 0, proc.stderr
+    cancelled = status(grid, root, "--cancel", *long)
+    assert _cancelled(cancelled) == set(_expansion(grid, long)) and "submission #2" in cancelled
+    (survivor,) = _expansion(grid, other)
+    deadline = time.time() + 60
+    while set(manifest.live_runs(root / "four")) != {survivor} and time.time() < deadline:
+        time.sleep(0.5)
+    assert set(manifest.live_runs(root / "four")) == {survivor}
+    assert _cancelled(status(grid, root, "--cancel")) == {survivor}  # every submission: only it was live
+    wait_done(grid, root)
+    states = _states(grid, root)
+    assert sorted(states.values()).count("CANCELLED") == 3 and [states[r] for r in done] == ["DONE", "DONE"]
+    assert len(states) == 12  # three expansions (steps 6, 5000, 5001) of four runs each
+
+    report = subprocess.run([sys.executable, "-m", "analysis.report", str(grid), "--root", str(root), *quick,
+                             "--baseline", "all_attention:4", "--format", "csv"],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0, report.stderr
+    reported = pd.read_csv(io.StringIO(report.stdout))
+    assert sorted(reported["num_persistent"]) == [4, 8] and set(reported["num_layers"]) == {1}
+    assert "2 submitted run(s) matching --set train.steps=6 --only model.num_layers=1 from submission(s) #1" in report.stderr
