@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from experiments.data import EOS, DataConfig, decode_bytes, encode_text, load_corpus, main
-from experiments.lexicon import LexiconSpec, entropy_floor_bpc, generate_splits, make_lexicon
+from experiments.data.datasets.lexicon import LexiconSpec, entropy_floor_bpc, generate_splits, make_lexicon
 from model.errors import ConfigError, UserError
 from tests.conftest import PROJECT_ROOT
 

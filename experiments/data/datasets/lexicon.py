@@ -1,4 +1,4 @@
-"""The embedded corpus (DESIGN §6): random words drawn i.i.d. from a Zipfian lexicon.
+"""lexicon, the embedded corpus (DESIGN §6): random words drawn i.i.d. from a Zipfian lexicon.
 
 Its entropy rate is known exactly, so every run can report how far it is from
 the floor. Words are distinct and contain no space, so the text and the word
@@ -6,17 +6,24 @@ sequence determine each other; the entropy rate per character is therefore
 H(W) / E[len(w) + 1] (renewal argument: each word costs its letters plus one
 space). Predicting inside a word requires the lexicon stored in the weights,
 which is what the paper's FFN-vs-persistent-memory ablation probes.
+
+Vocabulary: 27 symbols (a-z and the space; no newline anywhere, so no `<eos>`),
+ids by first appearance. `prepare lexicon` takes every LexiconSpec field as an option.
 """
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 
-from model.errors import ConfigError
+from experiments.data.encoding import Prepared, char_corpus
+from experiments.data.format import SPLITS
+from experiments.data.registry import Dataset
+from model.errors import ConfigError, UserError
 
 ALPHABET = b"abcdefghijklmnopqrstuvwxyz"
-SPLITS = ("train", "valid", "test")
 
 
 @dataclass(frozen=True)
@@ -116,3 +123,27 @@ def generate_splits(spec: LexiconSpec) -> tuple[Lexicon, dict[str, bytes]]:
     streams = _streams(spec.seed)
     texts = {split: _sample_text(lexicon, spec.split_chars(split), streams[split]) for split in SPLITS}
     return lexicon, texts
+
+
+# ---------------------------------------------------------------- prepare lexicon
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for f in fields(LexiconSpec):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
+                            help=f"LexiconSpec.{f.name} (default: {f.default})")
+
+
+def prepare(args: argparse.Namespace, work: Path) -> Prepared:
+    try:
+        spec = LexiconSpec(**{f.name: getattr(args, f.name) for f in fields(LexiconSpec)})
+    except ConfigError as err:
+        raise UserError(f"--{err.field.replace('_', '-')}: {err.message}") from None
+    lexicon, texts = generate_splits(spec)
+    extra = {"entropy_floor_bpc": entropy_floor_bpc(lexicon),
+             "source": {"generator": __name__, "spec": spec.as_dict()}}
+    return char_corpus(texts, by_frequency=False, extra=extra)
+
+
+DATASET = Dataset(name="lexicon", help="the embedded synthetic corpus (DESIGN §6)", prepare=prepare,
+                  add_arguments=add_arguments)

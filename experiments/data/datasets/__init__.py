@@ -1,0 +1,1 @@
+"""One module per corpus, each defining `DATASET = registry.Dataset(...)` (see experiments/data/registry.py)."""
