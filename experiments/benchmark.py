@@ -23,9 +23,12 @@ from typing import Any, Callable, Sequence
 import torch
 
 from experiments.atomic import atomic_write_text
-from experiments.optim import build_optimizer, clip_global_
-from model.errors import UserError
 from experiments.cli import run_cli
+from experiments.optim import build_optimizer, clip_global_
+from experiments.run_config import load_run_config
+from model import build_model
+from model.errors import UserError
+from model.summary import summarize
 
 MATMUL_SIZE = 2048
 
@@ -57,8 +60,6 @@ def matmul_gflops(device: torch.device, repeats: int = 7) -> float:
 
 def step_seconds(cfg, device: torch.device, steps: int) -> float:
     """Median wall time of one training step of `cfg` on random tokens."""
-    from model import build_model
-
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -97,8 +98,6 @@ def machine() -> str:
 
 
 def benchmark(cfg, device: torch.device, steps: int) -> dict[str, Any]:
-    from model.summary import summarize
-
     # The peak is the larger of two medians, one before and one after the timed steps:
     # a momentarily slow machine must not lower the peak and so inflate the MFU.
     before = matmul_gflops(device)
@@ -123,8 +122,6 @@ def append_csv(path: Path, row: dict[str, Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from experiments.run_config import load_run_config
-
     parser = argparse.ArgumentParser(prog="python -m experiments.benchmark", description=__doc__.split("\n")[0])
     parser.add_argument("config", help="run config YAML")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")

@@ -17,12 +17,13 @@ import yaml
 
 from experiments.config import build, load_config, to_dict
 from experiments.data import DataConfig
-from experiments.evaluate import EvalConfig
+from experiments.evaluation import EvalConfig
 from experiments.optim import OptimConfig
-from experiments.trainer import TrainConfig
+from experiments.resources import SlurmConfig
+from experiments.run_dir import PROJECT_ROOT
+from experiments.train_config import TrainConfig
 from model.config import ModelConfig
 from model.errors import ConfigError
-from experiments.resources import SlurmConfig
 
 NOT_HASHED = ("name", "grid", "slurm", "model.attention")
 """Dotted paths left out of the run-id hash: they cannot change the trained model
@@ -38,9 +39,9 @@ class RunConfig:
     optim: OptimConfig
     """Optimiser, clipping and warm-up (experiments/optim.py)."""
     train: TrainConfig
-    """Steps, batching, stages, checkpoints, logging (experiments/trainer.py)."""
+    """Steps, batching, stages, checkpoints, logging (experiments/train_config.py)."""
     eval: EvalConfig = field(default_factory=EvalConfig)
-    """Final full evaluation (experiments/evaluate.py)."""
+    """Final full evaluation (experiments/evaluation.py)."""
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     """Resources of one run on a cluster (experiments/resources.py, interpreted by slurm/); not hashed."""
     name: str = "run"
@@ -89,3 +90,9 @@ def load_run_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfi
 
 def run_config_from_dict(data: dict) -> RunConfig:
     return build(RunConfig, data)
+
+
+def data_path(cfg: RunConfig) -> Path:
+    """data.path, relative paths taken from the project root (jobs may start elsewhere)."""
+    path = Path(cfg.data.path)
+    return path if path.is_absolute() else PROJECT_ROOT / path

@@ -17,22 +17,23 @@ from typing import Sequence
 import torch
 
 from experiments.atomic import atomic_write_text
-from experiments.distributed import init_distributed, shutdown_distributed
-from experiments.run_dir import PROJECT_ROOT, RunDir
-from model.errors import ConfigError, UserError
 from experiments.cli import run_cli
+from experiments.data import load_corpus
+from experiments.distributed import DistContext, init_distributed, shutdown_distributed
+from experiments.run_config import RunConfig, data_path, load_run_config
+from experiments.run_dir import PROJECT_ROOT, RunDir
+from experiments.trainer import NonFiniteLoss, Trainer
+from model.errors import ConfigError, UserError
 
 log = logging.getLogger("train")
 
 
-def default_run_dir(cfg, root: Path | None = None) -> Path:
+def default_run_dir(cfg: RunConfig, root: Path | None = None) -> Path:
     return (root or PROJECT_ROOT / "runs") / (cfg.grid or "single") / cfg.run_id
 
 
-def prepare_run_dir(cfg, run_dir: RunDir) -> None:
+def prepare_run_dir(cfg: RunConfig, run_dir: RunDir) -> None:
     """Write config.yaml, or check that the existing one is this config."""
-    from experiments.run_config import load_run_config
-
     if run_dir.config.exists():
         existing = load_run_config(run_dir.config)
         if existing.config_hash != cfg.config_hash:
@@ -47,14 +48,12 @@ def setup_logging(rank: int) -> None:
                         format=f"%(asctime)s [rank {rank}] %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
 
 
-def run_training(cfg, run_dir: RunDir) -> int:
+def run_training(cfg: RunConfig, run_dir: RunDir) -> int:
     """Train (or resume) `cfg` in `run_dir`; the exit status of the run.
 
     Any error after start-up marks the run FAILED in status.json (with the error
     tail that `slurm.status --tail` shows) before it propagates.
     """
-    from experiments.trainer import NonFiniteLoss
-
     ctx = init_distributed(cfg.train.device)
     setup_logging(ctx.rank)
     try:
@@ -75,11 +74,8 @@ def run_training(cfg, run_dir: RunDir) -> int:
     return 128 + stopped if stopped else 0
 
 
-def _start(cfg, run_dir: RunDir, ctx):
+def _start(cfg: RunConfig, run_dir: RunDir, ctx: DistContext) -> Trainer:
     """Check the data against the config, write the run directory, build the trainer."""
-    from experiments.data import load_corpus
-    from experiments.trainer import Trainer
-
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     try:
@@ -94,12 +90,6 @@ def _start(cfg, run_dir: RunDir, ctx):
         prepare_run_dir(cfg, run_dir)
         run_dir.record_provenance(int(run_dir.read_status().get("attempt") or 0) + 1)
     return Trainer(cfg, run_dir, corpus, ctx)
-
-
-def data_path(cfg) -> Path:
-    """data.path, relative paths taken from the project root (jobs may start elsewhere)."""
-    path = Path(cfg.data.path)
-    return path if path.is_absolute() else PROJECT_ROOT / path
 
 
 def _fail(run_dir: RunDir, is_main: bool, error: str) -> None:
@@ -118,8 +108,6 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from experiments.run_config import load_run_config
-
     args = _parse_args(argv)
     cfg = load_run_config(args.config, args.set)
     run_dir = RunDir(args.run_dir or default_run_dir(cfg))

@@ -48,3 +48,23 @@ def test_every_import_follows_the_layer_order():
              if target.split(".")[0] not in ALLOWED[module.split(".")[0]]]
     assert not wrong, "imports against model <- experiments <- slurm/analysis:\n" + "\n".join(sorted(wrong))
 
+
+def test_no_import_cycle_between_modules():
+    graph = _graph()
+    state: dict[str, int] = {}  # 1 on the current path, 2 finished
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if nxt == node or nxt.startswith(node + "."):
+                continue  # a package importing its own submodules
+            if state.get(nxt) == 1:
+                cycle = path[path.index(nxt):] + [nxt] if nxt in path else [node, nxt]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])

@@ -1,0 +1,60 @@
+"""The `train:` section of a run config: steps, batching, stages, checkpoint and log cadence."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from model.errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    """The `train:` section: steps, batching, stages, checkpoints and logging."""
+
+    steps: int
+    """Optimizer updates of the main stage."""
+    block_size: int
+    """Tokens per row and step (M); also the evaluation block."""
+    batch_size: int
+    """Rows per step over all processes (B), each a contiguous stream."""
+    seed: int = 0
+    """Seeds model init, dropout and the data restart offsets."""
+    batch_split: int = 1
+    """Gradient accumulation: the rows are processed in this many chunks, same result."""
+    finetune_steps: int = 0
+    """Updates of the fine-tune stage that follows the main one (paper: 30k / 10k / 50k)."""
+    finetune_lr_scale: float = 0.1
+    """Learning-rate factor of the fine-tune stage (paper: lr / 10)."""
+    checkpoint_every: int = 1000
+    """Checkpoint period in updates (also written at stage ends and on SIGTERM/SIGUSR2)."""
+    log_every: int = 100
+    """Period in updates of the train log line and metrics record."""
+    eval_every: int = 1000
+    """Period in updates of the partial validation (recorded as split 'val_partial')."""
+    val_fraction: float = 0.1
+    """Fraction of the validation blocks used by the partial validation (authors: a tenth)."""
+    device: str = "auto"
+    """'cpu', 'cuda' or 'auto' (cuda when visible)."""
+    bf16: bool = False
+    """bf16 autocast on CUDA (off by default; the paper trained in fp32)."""
+    threads: int = 0
+    """torch intra-op threads on CPU; 0 keeps torch's default."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "block_size", "batch_size", "batch_split", "checkpoint_every", "log_every", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
+        for name in ("finetune_steps", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, f"must be >= 0, got {getattr(self, name)}")
+        if self.batch_size % self.batch_split:
+            raise ConfigError("batch_split", f"{self.batch_split} does not divide batch_size={self.batch_size}")
+        if not 0.0 < self.finetune_lr_scale <= 1.0:
+            raise ConfigError("finetune_lr_scale", f"must be in (0, 1], got {self.finetune_lr_scale}")
+        if not 0.0 < self.val_fraction <= 1.0:
+            raise ConfigError("val_fraction", f"must be in (0, 1], got {self.val_fraction}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError("device", f"must be auto, cpu or cuda, got {self.device!r}")
+
+    def stages(self) -> list[tuple[str, int, float]]:
+        """(name, last global step of the stage, lr scale) for each training stage."""
+        return [("train", self.steps, 1.0), ("finetune", self.steps + self.finetune_steps, self.finetune_lr_scale)]
