@@ -15,7 +15,7 @@ from typing import Iterable
 
 import yaml
 
-from experiments.config import build, load_config, to_dict
+from experiments.config import build, load_config, parse_yaml, read_yaml_file, to_dict
 from experiments.data import DataConfig
 from experiments.evaluation import EvalConfig
 from experiments.optim import OptimConfig
@@ -23,7 +23,7 @@ from experiments.resources import SlurmConfig
 from experiments.run_dir import PROJECT_ROOT
 from experiments.train_config import TrainConfig
 from model.config import ModelConfig
-from model.errors import ConfigError
+from model.errors import ConfigError, UserError
 
 NOT_HASHED = ("name", "grid", "slurm", "model.attention")
 """Dotted paths left out of the run-id hash: they cannot change the trained model
@@ -35,7 +35,7 @@ class RunConfig:
     model: ModelConfig
     """The network (model/config.py)."""
     data: DataConfig
-    """Which prepared corpus to read (experiments/data.py)."""
+    """Which prepared corpus to read (experiments/data/)."""
     optim: OptimConfig
     """Optimiser, clipping and warm-up (experiments/optim.py)."""
     train: TrainConfig
@@ -85,7 +85,46 @@ def _without(data: dict, paths: Iterable[str]) -> dict:
 
 
 def load_run_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:
+    """One run config; a grid file is refused with how to select one of its runs."""
+    refuse_grid_file(path)
     return load_config(path, RunConfig, overrides)
+
+
+def refuse_grid_file(path: str | Path) -> None:
+    """A UserError when `path` is a grid (top-level `runs:`, `seeds:`, or a `grid:` mapping; experiments/grid.py)."""
+    data = read_yaml_file(path)
+    keys = [key for key in ("grid", "runs", "seeds") if key in data and (key != "grid" or isinstance(data[key], dict))]
+    if not keys:
+        return
+    runs = data.get("runs") if isinstance(data.get("runs"), list) else [{}]
+    sweep = data.get("grid") if isinstance(data.get("grid"), dict) else {}
+    seeds = data.get("seeds") if isinstance(data.get("seeds"), list) else [None]
+    count = len(runs) * len(seeds)
+    for values in sweep.values():
+        count *= len(values) if isinstance(values, list) else 1
+    names = [str(run["name"]) for run in runs if isinstance(run, dict) and "name" in run]
+    listed = f": {', '.join(names)}" if names else ""
+    base = (parse_yaml(Path(path).read_text(encoding="utf-8"), str(path)) or {}).get("base")
+    example = _example_run(runs, sweep, seeds)
+    one_run = (f"point at its base config {Path(path).parent / base} with the run's values as --set"
+               if isinstance(base, str) else f"use a copy of it without its {', '.join(keys)} keys, with the run's "
+                                             "values as --set")
+    raise UserError(f"{path} is a grid file ({count} runs{listed}), not one run config: {one_run} "
+                    f"(e.g. {' '.join('--set ' + value for value in example)}), or run the grid's runs with "
+                    f"`python -m slurm.submit {path} --executor local --only {example[0]}` (add --dry-run to list them)")
+
+
+def _example_run(runs: list, sweep: dict, seeds: list) -> list[str]:
+    """`key=value`s of one of a grid's runs: the first run that sets values, else the first sweep point or seed."""
+    for run in runs:
+        values = [f"{key}={value}" for key, value in (run.items() if isinstance(run, dict) else ())
+                  if key != "name" and not isinstance(value, (dict, list))]
+        if values:
+            return values
+    point = [f"{key}={values[0]}" for key, values in sweep.items() if isinstance(values, list) and values]
+    if point:
+        return point
+    return [f"train.seed={seeds[0]}"] if seeds[0] is not None else ["name=NAME"]
 
 
 def run_config_from_dict(data: dict) -> RunConfig:
