@@ -1,19 +1,30 @@
 """Seeds -> points: the one way every figure, table and report averages runs.
 
-A point is a model configuration (MODEL_KEYS); its runs differ only by seed.
+A point is one configuration: runs pool as seeds only when their resolved configs
+are equal except the seed, on the same data (collect's `config_group`: the config
+hash without the seed, plus the prepared corpus's name and checksum). Runs of the
+same model shape that differ anywhere else (steps, lr, corpus, ...) are separate
+points, and each such point's `differs` says which fields set it apart.
 Statistics are mean and sample standard deviation (ddof=1, NaN for one seed).
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pandas as pd
 
+from experiments.run_config import NOT_HASHED
 from model.config import VARIANTS
 from model.errors import UserError
 
 MODEL_KEYS = ("dataset", "variant", "num_persistent", "num_layers",
               "model.d_model", "model.num_heads", "model.attn_span", "model.ffn_size")
+LABEL_KEYS = ("dataset", "variant", "num_persistent", "num_layers")
+"""What a report row shows of a point; points sharing these get a `differs` note."""
+GROUP_KEY = "config_group"
+DATA_KEYS = ("data_name", "data_sha256")
+NOT_CONFIG = ("name", "grid", "train.seed", *NOT_HASHED)
 RESOURCE_COLUMNS = ("params_total", "flops_per_token", "tokens_per_s", "entropy_floor_bpc")
 
 
@@ -24,6 +35,20 @@ def only_value(runs: pd.DataFrame, column: str, what: str) -> Any:
         found = ", ".join(map(str, values)) or "none"
         raise UserError(f"expected runs of one {what}, found {found}; pass one grid or folder at a time")
     return values[0]
+
+
+def one_corpus(runs: pd.DataFrame) -> str:
+    """The dataset of `runs`, which must also be one prepared corpus (two corpora prepared
+    with `prepare text` are both called 'text'); a UserError naming them otherwise."""
+    dataset = only_value(runs, "dataset", "dataset")
+    present = [k for k in DATA_KEYS if k in runs]
+    if present:
+        corpora = runs[present].astype(str).drop_duplicates()
+        if len(corpora) > 1:
+            found = "; ".join(", ".join(f"{k}={v}" for k, v in row.items()) for _, row in corpora.iterrows())
+            raise UserError(f"expected runs of one corpus, found several called {dataset!r} ({found}); "
+                            "pass the runs of one corpus at a time")
+    return dataset
 
 
 def left_out_note(runs: pd.DataFrame) -> str | None:
@@ -44,16 +69,63 @@ def evaluated(runs: pd.DataFrame, split: str = "dev") -> tuple[pd.DataFrame, str
     return finished[finished[column].notna()], column
 
 
+def point_keys(runs: pd.DataFrame) -> list[str]:
+    """The columns a point is grouped by: the configuration (when collected) and the model shape."""
+    return ([GROUP_KEY] if GROUP_KEY in runs else []) + [k for k in MODEL_KEYS if k in runs]
+
+
 def seed_summary(runs: pd.DataFrame, column: str) -> pd.DataFrame:
-    """Per configuration: mean, std and number n of seeds of `column`, plus mean resources.
+    """Per configuration: mean, std and number n of seeds of `column`, plus mean resources,
+    and `differs`: the config fields that set it apart from points with the same label.
 
     Rows are ordered by variant (as listed in model.config.VARIANTS), then N and depth.
     """
-    keys = [k for k in MODEL_KEYS if k in runs]
+    keys = point_keys(runs)
     resources = [c for c in RESOURCE_COLUMNS if c in runs]
     grouped = runs.groupby(keys, dropna=False, sort=False)
     summary = grouped[column].agg(["mean", "std", "count"]).rename(columns={"count": "n"})
-    summary = summary.join(grouped[resources].mean()).reset_index()
+    summary = summary.join(grouped[resources].mean())
+    summary["differs"] = differences(grouped.first())
+    summary = summary.reset_index()
     order = summary["variant"].map({v: i for i, v in enumerate(VARIANTS)})
     summary = summary.assign(_order=order).sort_values(["_order", "num_persistent", "num_layers"], kind="stable")
     return summary.drop(columns="_order").reset_index(drop=True)
+
+
+def config_fields(frame: pd.DataFrame) -> list[str]:
+    """The columns of `frame` that are part of a run's configuration (flattened config,
+    hashed fields only, seed excluded) or of its data identity."""
+    def is_config(column: str) -> bool:
+        if "." not in column or column in NOT_CONFIG:
+            return False
+        return not any(column.startswith(f"{path}.") for path in NOT_CONFIG)
+
+    return [c for c in frame.columns if isinstance(c, str) and is_config(c)] + [k for k in DATA_KEYS if k in frame]
+
+
+def differences(points: pd.DataFrame) -> pd.Series:
+    """For one representative run per point: 'field=value, ...' listing the config fields in
+    which it differs from the other points sharing its LABEL_KEYS; '' when no other does."""
+    fields = config_fields(points)
+    labels = [k for k in LABEL_KEYS if k in points.columns or k in (points.index.names or [])]
+    flat = points.reset_index()
+    out = pd.Series("", index=points.index, dtype=object)
+    if not labels:
+        return out
+    for _, same in flat.groupby(labels, dropna=False, sort=False):
+        if len(same) < 2:
+            continue
+        shown = same[fields].map(_shown) if fields else same.iloc[:, :0]
+        varying = [f for f in fields if shown[f].nunique() > 1]
+        for position, row in shown.iterrows():
+            text = ", ".join(f"{f}={row[f]}" for f in varying)
+            out.iloc[position] = text or f"{GROUP_KEY}={flat.loc[position].get(GROUP_KEY, '?')}"
+    return out
+
+
+def _shown(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)

@@ -3,11 +3,25 @@
 A run directory (DESIGN §4) is the single source of truth; this module only
 reads it. Unfinished or failed runs appear with their state and NaN metrics.
 
+A run is known by its content, never by its folder's name: `config_hash` is the
+hash of its config.yaml as the run id computes it (seed included), `config_group`
+the same without the seed and with the identity of the prepared data
+(`data_name`, `data_sha256`: the corpus's folder and a digest of its meta.json
+checksums, as provenance.json recorded them or else as meta.json says now). Runs
+pool as seeds only within one config_group (analysis.aggregate); folders holding
+the same run (a `.replaced-<time>` backup, a copy in another grid) count once.
+
+A damaged file (bytes that are not UTF-8, NUL padding, a torn line, a JSON that is
+not an object) costs that file's facts for that run only: the run's `notes` column
+says what was unreadable, and every other run is read as usual.
+
     python -m analysis.collect DIR_OR_GRID... [--out results/NAME]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -21,18 +35,21 @@ import yaml
 from analysis.aggregate import left_out_note
 from analysis.inputs import RUN_MARKER, add_inputs_argument, resolve_run_dirs
 from experiments.atomic import atomic_write_text
-from experiments.metrics import read_metrics
-from model.errors import UserError
 from experiments.cli import run_cli
+from experiments.metrics import scan_metrics
+from experiments.run_config import NOT_HASHED, run_config_from_dict
+from experiments.run_dir import PROJECT_ROOT
+from model.errors import UserError
 
 IDENTITY_COLUMNS = ["run_id", "grid", "name", "dataset", "variant", "num_persistent", "num_layers", "seed"]
+CONTENT_COLUMNS = ["config_hash", "config_group", "data_name", "data_sha256"]
 STATUS_COLUMNS = ["state", "stage", "attempts", "last_step", "heartbeat", "error"]
 NUMERIC_EVAL_COLUMNS = ["dev_loss", "dev_bpc", "dev_ppl", "dev_tokens", "test_loss", "test_bpc", "test_ppl",
                         "test_tokens", "params_total", "params_non_embedding", "params_persistent",
                         "flops_per_token", "tokens_per_s", "entropy_floor_bpc"]
 EVAL_COLUMNS = ["unit", "eval_full"] + NUMERIC_EVAL_COLUMNS
-PROVENANCE_COLUMNS = ["git_sha", "git_dirty", "run_dir"]
-RUN_COLUMNS = IDENTITY_COLUMNS + STATUS_COLUMNS + EVAL_COLUMNS + PROVENANCE_COLUMNS
+PROVENANCE_COLUMNS = ["git_sha", "git_dirty", "run_dir", "notes"]
+RUN_COLUMNS = IDENTITY_COLUMNS + CONTENT_COLUMNS + STATUS_COLUMNS + EVAL_COLUMNS + PROVENANCE_COLUMNS
 CURVE_COLUMNS = ["step", "split", "tokens", "loss", "bpc", "ppl", "lr", "ms_per_step", "tokens_per_s",
                  "span_mean", "span_max", "attempt", "time"]
 _EVAL_SPLITS = {"valid": "dev", "test": "test"}
@@ -55,8 +72,9 @@ def collect_curves(dirs: Iterable[str | os.PathLike]) -> pd.DataFrame:
     for run_dir in map(Path, dirs):
         metrics = run_dir / "metrics.jsonl"
         if metrics.is_file():
-            identity = _identity(run_dir, _read_config(run_dir))
-            rows += [{**identity, **record} for record in read_metrics(metrics)]
+            identity = _identity(run_dir, _read_config(run_dir, []))
+            # damaged lines are skipped here and reported in the runs frame's notes
+            rows += [{**identity, **record} for record in scan_metrics(metrics).records]
     curves = pd.DataFrame(rows)
     extra = sorted(c for c in curves.columns if c not in IDENTITY_COLUMNS + CURVE_COLUMNS)
     curves = curves.reindex(columns=IDENTITY_COLUMNS + CURVE_COLUMNS + extra)
@@ -69,38 +87,149 @@ def load_runs(inputs: Sequence[str | os.PathLike]) -> pd.DataFrame:
     Says on stderr which runs have no final evaluation: every command leaves them out.
     """
     runs = unique_runs(collect_runs(resolve_run_dirs(inputs)))
+    print_notes(runs)
     note = left_out_note(runs)
     if note:
         print(note, file=sys.stderr)
     return runs
 
 
+def print_notes(runs: pd.DataFrame) -> None:
+    """One stderr line per run whose files were partly unreadable."""
+    if "notes" in runs:
+        for run_dir, notes in zip(runs["run_dir"], runs["notes"]):
+            if isinstance(notes, str) and notes:
+                print(f"note: {run_dir}: {notes}", file=sys.stderr)
+
+
 def unique_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration. The hash ending a run id covers the whole config, seed
-    included: the same point run in two grids (e.g. all-attention at N=256 in both Figure 2
-    grids) is one measurement and must not count as two seeds."""
-    config_hash = runs["run_id"].str.rsplit("-", n=1).str[-1]
-    repeated = config_hash.duplicated(keep="first")
-    if repeated.any():
-        print(f"counted once: {', '.join(runs.loc[repeated, 'run_id'])} (same config as another run)", file=sys.stderr)
-    return runs[~repeated].reset_index(drop=True)
+    """One row per run, recognised by content: folders with the same config hash (seed
+    included) and the same data are one measurement, whatever their names, e.g. the same
+    point in two grids, a `<run_id>.replaced-<time>` backup left by `slurm.submit --force`,
+    or a copy. The one that wins has a final evaluation, else is DONE, else is the newest
+    (status heartbeat); each skipped folder is named on stderr."""
+    if runs.empty or "config_hash" not in runs:
+        return runs
+    order = runs.assign(
+        _evaluated=runs["unit"].notna(), _done=runs["state"].eq("DONE"),
+        _time=pd.to_numeric(runs["heartbeat"], errors="coerce").fillna(-1.0),
+    ).sort_values(["_evaluated", "_done", "_time", "run_dir"], ascending=[False, False, False, True], kind="stable")
+    key = order["config_hash"].astype(str) + "|" + order["data_sha256"].astype(str)
+    known = order["config_hash"].notna()  # a run whose config is unreadable is not a copy of anything
+    repeated = key.duplicated(keep="first") & known
+    winners = order[~repeated & known].assign(_key=key).set_index("_key")
+    for index in order.index[repeated]:
+        skipped, kept = order.loc[index], winners.loc[key[index]]
+        why = ("has a final evaluation" if kept["_evaluated"] and not skipped["_evaluated"]
+               else "is DONE" if kept["_done"] and not skipped["_done"]
+               else "is newer" if kept["_time"] > skipped["_time"] else "is as new (first in path order)")
+        print(f"skipped {skipped['run_dir']}: the same run (config hash {skipped['config_hash']}, "
+              f"seed {skipped['seed']}) as {kept['run_dir']}, which {why}", file=sys.stderr)
+    return runs.drop(index=order.index[repeated]).reset_index(drop=True)
 
 
 def _run_row(run_dir: Path) -> dict[str, Any]:
-    config = _read_config(run_dir)
-    provenance = _read_json(run_dir / "provenance.json") or {}
-    row = {**_identity(run_dir, config), **_status_columns(_read_json(run_dir / "status.json")),
-           **_eval_columns(_read_json(run_dir / "eval.json")),
-           "git_sha": provenance.get("git_sha"), "git_dirty": provenance.get("git_dirty"), "run_dir": str(run_dir)}
+    notes: list[str] = []
+    config = _read_config(run_dir, notes)
+    provenance = _read_json(run_dir / "provenance.json", notes) or {}
+    status = _read_json(run_dir / "status.json", notes)
+    if status is None and (run_dir / "status.json").exists():
+        status = {"state": "UNKNOWN"}  # damaged: do not guess PENDING
+    # An evaluation is only counted for a run whose config says what was evaluated.
+    result = _read_json(run_dir / "eval.json", notes) if config else None
+    metrics_note = scan_metrics(run_dir / "metrics.jsonl").note("metrics.jsonl")
+    if metrics_note:
+        notes.append(metrics_note)
+    data = _data_identity(config, provenance)
+    row = {**_identity(run_dir, config), **_content_identity(config, data), **data, **_status_columns(status),
+           **_eval_columns(result, notes),
+           "git_sha": provenance.get("git_sha"), "git_dirty": provenance.get("git_dirty"), "run_dir": str(run_dir),
+           "notes": "; ".join(notes) or None}
     return {**flatten(config), **row}  # the identity columns win over the config's top-level name/grid
 
 
+def _content_identity(config: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """config_hash (the run id's hash of the config, seed included) and config_group (the
+    configuration without its seed, with the data's identity): what seeds must share."""
+    if not config:
+        return {"config_hash": None, "config_group": None}
+    full, seedless = _config_hashes(config)
+    group = hashlib.sha256(f"{seedless}|{data['data_name']}|{data['data_sha256']}".encode()).hexdigest()[:12]
+    return {"config_hash": full, "config_group": group}
+
+
+def _config_hashes(config: dict[str, Any]) -> tuple[str, str]:
+    try:
+        cfg = run_config_from_dict(config)
+        seedless = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=0))
+        return cfg.config_hash, seedless.config_hash
+    except (UserError, TypeError, ValueError, AttributeError):
+        # A config this code no longer loads (an older schema): its content, hashed the same way.
+        hashed = _without(config, NOT_HASHED)
+        return _digest(hashed, 8), _digest(_without(hashed, ["train.seed"]), 8)
+
+
+def _without(data: dict[str, Any], paths: Iterable[str]) -> dict[str, Any]:
+    out = dict(data)
+    for path in paths:
+        head, _, rest = path.partition(".")
+        if head in out and rest and isinstance(out[head], dict):
+            out[head] = _without(out[head], [rest])
+        elif head in out and not rest:
+            del out[head]
+    return out
+
+
+def _digest(value: Any, length: int) -> str:
+    canonical = value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"),
+                                                                 default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:length]
+
+
+_META_CACHE: dict[tuple[str, int, int], str | None] = {}
+
+
+def _data_identity(config: dict[str, Any], provenance: dict[str, Any]) -> dict[str, Any]:
+    """data_name (the prepared corpus's folder: `prepare text` calls every corpus 'text') and
+    data_sha256 (a digest of the split checksums), from provenance.json's `data` record when
+    the run wrote one, else from the corpus's meta.json as it is now; None when unknown."""
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    path = data.get("path")
+    name = Path(path).name if isinstance(path, str) and path.strip() else data.get("dataset")
+    recorded = provenance.get("data")
+    if isinstance(recorded, dict) and recorded.get("sha256"):
+        return {"data_name": recorded.get("name") or name, "data_sha256": _digest(recorded["sha256"], 16)}
+    if not isinstance(path, str) or not path.strip():
+        return {"data_name": name, "data_sha256": None}
+    meta = Path(path) if Path(path).is_absolute() else PROJECT_ROOT / path
+    return {"data_name": name, "data_sha256": _meta_checksum(meta / "meta.json")}
+
+
+def _meta_checksum(meta: Path) -> str | None:
+    try:
+        stat = meta.stat()
+    except OSError:
+        return None
+    key = (str(meta), stat.st_mtime_ns, stat.st_size)
+    if key not in _META_CACHE:
+        try:
+            sums = json.loads(meta.read_bytes().decode("utf-8")).get("sha256")
+        except (OSError, ValueError, AttributeError):
+            sums = None
+        _META_CACHE[key] = _digest(sums, 16) if sums else None
+    return _META_CACHE[key]
+
+
 def _identity(run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
-    model, data, train = (config.get(k) or {} for k in ("model", "data", "train"))
+    model, data, train = (_mapping(config.get(k)) for k in ("model", "data", "train"))
     return {"run_id": run_dir.name, "grid": config.get("grid") or run_dir.parent.name, "name": config.get("name"),
             "dataset": data.get("dataset"), "variant": model.get("variant"),
             "num_persistent": model.get("num_persistent"), "num_layers": model.get("num_layers"),
             "seed": train.get("seed")}
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _status_columns(status: dict[str, Any] | None) -> dict[str, Any]:
@@ -110,14 +239,17 @@ def _status_columns(status: dict[str, Any] | None) -> dict[str, Any]:
             "last_step": status.get("step"), "heartbeat": status.get("heartbeat"), "error": status.get("error")}
 
 
-def _eval_columns(result: dict[str, Any] | None) -> dict[str, Any]:
+def _eval_columns(result: dict[str, Any] | None, notes: list[str]) -> dict[str, Any]:
     if result is None:
         return {}
     unit = result.get("unit")
+    if unit not in ("bpc", "ppl"):
+        notes.append(f"eval.json unreadable (unit {unit!r})")
+        return {}
     # eval_full is False when a split was capped (eval.max_tokens): not comparable with the paper.
     row: dict[str, Any] = {"unit": unit, "eval_full": True}
     for key, split in _EVAL_SPLITS.items():
-        scores = result.get(key) or {}
+        scores = _mapping(result.get(key))
         row.update({f"{split}_loss": scores.get("loss"), f"{split}_{unit}": scores.get(unit),
                     f"{split}_tokens": scores.get("tokens")})
         row["eval_full"] = row["eval_full"] and scores.get("full", True)
@@ -139,24 +271,41 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _read_config(run_dir: Path) -> dict[str, Any]:
+def _read_config(run_dir: Path, notes: list[str]) -> dict[str, Any]:
+    """The run's config.yaml as a mapping; {} (and a note) when it is damaged."""
     path = run_dir / RUN_MARKER
     try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise UserError(f"{path}: cannot read the run config: {err}") from err
-    if not isinstance(config, dict):
-        raise UserError(f"{path}: expected a mapping of config sections")
+        config = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        notes.append(f"{RUN_MARKER} unreadable ({_reason(err)}); the run is left out")
+        return {}
+    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+        notes.append(f"{RUN_MARKER} unreadable (not a mapping of config sections); the run is left out")
+        return {}
     return config
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
+def _read_json(path: Path, notes: list[str]) -> dict[str, Any] | None:
+    """A JSON object file; None when absent, None and a note when damaged."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: unreadable JSON: {err}") from err
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, RecursionError) as err:
+        notes.append(f"{path.name} unreadable ({_reason(err)})")
+        return None
+    if not isinstance(data, dict):
+        notes.append(f"{path.name} unreadable (a JSON {type(data).__name__}, not an object)")
+        return None
+    return data
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, OSError):
+        return err.strerror or type(err).__name__
+    if isinstance(err, UnicodeDecodeError):
+        return f"byte {err.object[err.start]:#04x} at offset {err.start} is not UTF-8"
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -165,7 +314,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="output folder (default results/<grid>, or results/collected)")
     args = parser.parse_args(argv)
     dirs = resolve_run_dirs(args.inputs)
-    runs, curves = collect_runs(dirs), collect_curves(dirs)
+    runs = unique_runs(collect_runs(dirs))
+    print_notes(runs)
+    curves = collect_curves(runs["run_dir"].map(Path))
     grids = sorted(runs["grid"].astype(str).unique())
     out = args.out or Path("results") / (grids[0] if len(grids) == 1 else "collected")
     atomic_write_text(out / "runs.csv", runs.to_csv(index=False))

@@ -22,7 +22,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from analysis.aggregate import evaluated, only_value, seed_summary
+from analysis.aggregate import evaluated, one_corpus, seed_summary
 from analysis.collect import load_runs
 from analysis.inputs import add_inputs_argument
 from analysis.published import load_published
@@ -46,7 +46,7 @@ STYLE = {"svg.hashsalt": "figure2", "font.family": "DejaVu Sans", "font.size": 9
 def figure2_data(runs: pd.DataFrame, published: pd.DataFrame | None = None) -> pd.DataFrame:
     """The exact numbers drawn: one row per point, bar, reference line or published marker."""
     runs, column = evaluated(runs, "dev")
-    dataset = only_value(runs, "dataset", "dataset")
+    dataset = one_corpus(runs)
     summary = seed_summary(runs, column)
     _check_one_config_per_point(summary)
     rows = _left_points(summary) + _reference_lines(summary) + _right_bars(summary)
@@ -89,7 +89,9 @@ def _check_one_config_per_point(summary: pd.DataFrame) -> None:
     clashes = summary[summary.duplicated(["variant", "num_persistent"], keep=False)]
     if not clashes.empty:
         points = sorted({f"{v} N={n}" for v, n in zip(clashes["variant"], clashes["num_persistent"])})
-        raise UserError(f"several model configurations for {', '.join(points)}: pass the runs of one figure")
+        differ = sorted({d for d in clashes["differs"] if d})
+        detail = f" (they differ in {'; '.join(differ)})" if differ else ""
+        raise UserError(f"several configurations for {', '.join(points)}{detail}: pass the runs of one figure")
 
 
 def _row(panel: str, series: str, point: pd.Series, label: str, x: float) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """Compare variants against a baseline: score, parameters, FLOPs, speed, mean ± std over seeds.
 
-One row per model configuration (variant, N, depth, ...): dev (or test) bpc/ppl
-over seeds, its difference to the baseline, the parameter and FLOP differences,
+One row per configuration (runs equal except the seed, on the same prepared
+corpus): dev (or test) bpc/ppl over seeds, its difference to the baseline, the parameter and FLOP differences,
 tokens/s, and the distance to the entropy floor when the data has one (lexicon).
+Configurations that look alike (same variant, N and depth) but differ elsewhere
+(steps, lr, ...) are separate rows, with a `config` column saying what differs.
 
     python -m analysis.report DIR_OR_GRID... [--baseline VARIANT[:N]] [--format markdown|csv|latex] [--metric dev|test]
 """
@@ -14,7 +16,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from analysis.aggregate import evaluated, only_value, seed_summary
+from analysis.aggregate import evaluated, one_corpus, seed_summary
 from analysis.collect import load_runs
 from analysis.inputs import add_inputs_argument
 from analysis.render import fmt_count, fmt_delta, fmt_mean_std, fmt_value, latex_table, markdown_table
@@ -23,7 +25,7 @@ from experiments.cli import run_cli
 
 COLUMNS = ["dataset", "variant", "num_persistent", "num_layers", "n", "metric", "mean", "std", "delta",
            "params_total", "delta_params", "flops_per_token", "delta_flops", "tokens_per_s",
-           "entropy_floor_bpc", "floor_gap", "is_baseline"]
+           "entropy_floor_bpc", "floor_gap", "differs", "is_baseline"]
 FORMATS = ("markdown", "csv", "latex")
 
 
@@ -31,10 +33,11 @@ def compare_variants(runs: pd.DataFrame, baseline: str = "transformer", split: s
     """Per configuration: mean/std/n of the `split` score and differences to `baseline`.
 
     `baseline` is a variant name, or 'variant:N' when that variant was run at several N.
-    `metric` names the score (e.g. 'dev_bpc'); floor_gap = mean - entropy floor (bpc).
+    `metric` names the score (e.g. 'dev_bpc'); floor_gap = mean - entropy floor (bpc);
+    `differs` lists the config fields that set a row apart from rows of the same label.
     """
     runs, column = evaluated(runs, split)
-    only_value(runs, "dataset", "dataset")
+    one_corpus(runs)
     summary = seed_summary(runs, column).reindex(columns=COLUMNS)
     base = summary.loc[_baseline_index(summary, baseline)]
     return summary.assign(
@@ -52,9 +55,11 @@ def _baseline_index(summary: pd.DataFrame, baseline: str) -> int:
     if n:
         chosen = chosen[chosen["num_persistent"] == int(n)] if n.isdigit() else chosen.iloc[:0]
     if len(chosen) != 1:
-        found = ", ".join(f"{v}:{int(k)}" for v, k in zip(summary["variant"], summary["num_persistent"]))
+        found = ", ".join(f"{v}:{int(k)}" + (f" ({d})" if d else "")
+                          for v, k, d in zip(summary["variant"], summary["num_persistent"], summary["differs"]))
         what = "is ambiguous" if len(chosen) > 1 else "matches no evaluated configuration"
-        raise UserError(f"baseline {baseline!r} {what}; choose one of {found}")
+        hint = "; pass the runs of one configuration of it" if len(chosen) > 1 and n else ""
+        raise UserError(f"baseline {baseline!r} {what}; choose one of {found}{hint}")
     return int(chosen.index[0])
 
 
@@ -72,6 +77,7 @@ def format_report(table: pd.DataFrame, fmt: str) -> str:
 
 def _report_cells(table: pd.DataFrame, unit: str) -> pd.DataFrame:
     with_floor = table["floor_gap"].notna().any()
+    with_config = table["differs"].fillna("").astype(bool).any()
 
     def cells(row: pd.Series) -> dict[str, str]:
         out = {"variant": row["variant"] + (" (baseline)" if row["is_baseline"] else ""),
@@ -82,6 +88,8 @@ def _report_cells(table: pd.DataFrame, unit: str) -> pd.DataFrame:
                "Δ FLOPs": fmt_count(row["delta_flops"], signed=True), "tokens/s": fmt_count(row["tokens_per_s"])}
         if with_floor:
             out["above floor"] = fmt_value(row["floor_gap"], unit)
+        if with_config:
+            out["config"] = row["differs"] or ""
         return out
 
     return pd.DataFrame([cells(row) for _, row in table.iterrows()])

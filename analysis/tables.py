@@ -3,7 +3,9 @@
 Table 1 is character level (enwik8, text8; bpc), Table 2 WikiText-103 (ppl).
 Every published row (analysis/published.csv) is listed with its source. A run
 counts as "ours" for a row when it is an all_attention run on that dataset with
-the paper model's depth and N; its score is the mean ± std over seeds.
+the paper model's depth and N; its score is the mean ± std over the seeds of one
+configuration. Several matching configurations (other steps, lr, corpus, ...) give
+one row each, the Model cell saying what sets each apart.
 
     python -m analysis.tables [DIR_OR_GRID...] [--out-dir results/tables]
 """
@@ -16,6 +18,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from analysis.aggregate import GROUP_KEY, differences
 from analysis.collect import collect_runs, load_runs
 from analysis.inputs import add_inputs_argument
 from analysis.published import SOURCES, load_published
@@ -42,7 +45,16 @@ def table_numbers(runs: pd.DataFrame, published: pd.DataFrame, datasets: Sequenc
     rows = rows.sort_values(["_dataset", "_source", "params_m"], kind="stable")
     groups = rows.groupby(["dataset", "model", "source", "params_m"], sort=False)
     finished = runs[runs["unit"].notna()]
-    return pd.DataFrame([_table_row(group, _matching_runs(finished, group.iloc[0])) for _, group in groups])
+    return pd.DataFrame([row for _, group in groups for row in _table_rows(group, _matching_runs(finished, group.iloc[0]))])
+
+
+def _table_rows(group: pd.DataFrame, matched: pd.DataFrame) -> list[dict[str, Any]]:
+    """One row per configuration among `matched` (seeds pool only within one); one row when none."""
+    if GROUP_KEY not in matched or matched[GROUP_KEY].nunique(dropna=False) < 2:
+        return [{**_table_row(group, matched), "config": ""}]
+    configs = matched.groupby(GROUP_KEY, dropna=False, sort=True)
+    notes = differences(configs.first())
+    return [{**_table_row(group, runs), "config": notes[key]} for key, runs in configs]
 
 
 def _matching_runs(runs: pd.DataFrame, spec: pd.Series) -> pd.DataFrame:
@@ -70,7 +82,8 @@ def format_table(numbers: pd.DataFrame) -> pd.DataFrame:
     """The numbers as display strings, one column per table heading."""
     def cells(row: pd.Series) -> dict[str, str]:
         unit = row["unit"]
-        out = {"Dataset": row["dataset"], "Model": row["model"], "Source": row["source"],
+        model = row["model"] + (f" [{row['config']}]" if row.get("config") else "")
+        out = {"Dataset": row["dataset"], "Model": model, "Source": row["source"],
                "Params (paper)": f"{row['params_paper_m']:g}M", "Params (ours)": fmt_count(row["params_ours"])}
         for split in SPLITS:
             name = split.capitalize()

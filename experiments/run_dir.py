@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +40,14 @@ class RunDir:
     slurm = property(lambda self: self.path / "slurm")
 
     def read_status(self) -> dict[str, Any]:
-        """The last written status, or PENDING when none was written yet."""
-        try:
-            return json.loads(self.status_file.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {"state": "PENDING", "stage": None, "step": 0, "attempt": 0, "error": None}
+        """The last written status, or PENDING when none was written yet.
+
+        A damaged status.json (bytes that are not UTF-8, NULs, not a JSON object) reads as
+        PENDING too, with one warning naming the file: never an exception, so that one
+        damaged run cannot stop `slurm.status` or a resubmission of its grid.
+        """
+        status = _read_json(self.status_file)
+        return status if status else {"state": "PENDING", "stage": None, "step": 0, "attempt": 0, "error": None}
 
     def write_status(self, state: str, **fields: Any) -> None:
         """Rewrite status.json, keeping fields not given (step, attempt, ...)."""
@@ -81,10 +85,19 @@ class RunDir:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object file of the run directory; {} when absent, {} and a warning when damaged."""
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
         return {}
+    except (OSError, ValueError, RecursionError) as err:  # ValueError: invalid JSON or UTF-8
+        warnings.warn(f"{path}: unreadable ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
+                      "ignored", stacklevel=3)
+        return {}
+    if not isinstance(data, dict):
+        warnings.warn(f"{path}: unreadable (a JSON {type(data).__name__}, not an object); ignored", stacklevel=3)
+        return {}
+    return data
 
 
 def _git_state() -> tuple[str | None, bool | None, str]:

@@ -162,3 +162,228 @@ def test_case11_run_files_and_checkpoints_get_the_users_umask(tmp_path, umask, m
     written = [run.config, run.status_file, run.eval_file, *sorted(ckpt.iterdir())]
     assert len(written) >= 5
     assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in written} == {p.name: oct(expected) for p in written}
+
+
+# ---------------------------------------------------------------- case 9: damaged bytes cost one line, one run
+
+
+GOOD = b'{"step": %d, "split": "train", "loss": %.1f, "bpc": 2.0, "attempt": 1}\n'
+
+
+def _read_warned(path: Path) -> tuple[list[tuple[int, float]], list[str]]:
+    import warnings
+
+    from experiments.metrics import read_metrics
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        records = read_metrics(path)
+    return [(r["step"], r["loss"]) for r in records], [str(w.message) for w in caught]
+
+
+def test_case09_metrics_line_with_a_non_utf8_byte_is_skipped_counted_and_warned_once(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(GOOD % (1, 3.0) + b'{"step": 2, "split": "tr\xffain", "loss": 2.5}\n' + GOOD % (3, 2.0)
+                     + b"\xfe\xff\x00garbage\n" + GOOD % (4, 1.5))
+    records, warned = _read_warned(path)
+    assert records == [(1, 3.0), (3, 2.0), (4, 1.5)]
+    assert len(warned) == 1 and "metrics.jsonl:2: 2 damaged metrics line(s)" in warned[0]
+
+
+def test_case09_metrics_nul_padding_is_skipped_and_the_record_after_it_recovered(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    # A crash lost a block (NULs where it was); the requeued attempt appended after it.
+    path.write_bytes(GOOD % (1, 3.0) + b"\x00" * 300 + b"\n" + b"\x00" * 40 + GOOD % (2, 2.5) + GOOD % (3, 2.0)
+                     + b"\x00" * 64)
+    records, warned = _read_warned(path)
+    assert records == [(1, 3.0), (2, 2.5), (3, 2.0)]  # trailing NULs: a torn last line, silent
+    assert len(warned) == 1 and "metrics.jsonl:2: 1 damaged" in warned[0]
+
+
+def test_case09_metrics_torn_lines(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(GOOD % (1, 3.0) + b'{"step": 2, "split": "tra\n' + b'{"step": "x", "split": "train"}\n'
+                     + GOOD % (3, 2.0) + b'{"step": 4, "spl')
+    records, warned = _read_warned(path)
+    assert records == [(1, 3.0), (3, 2.0)]
+    assert len(warned) == 1 and "2 damaged" in warned[0]  # the torn last line is a crash, not damage
+    path.write_bytes(GOOD % (1, 3.0) + b'{"step": 4, "spl')
+    assert _read_warned(path) == ([(1, 3.0)], [])
+
+
+def _damage(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+
+
+def test_case09_a_grid_with_damaged_runs_still_collects(tmp_path, capsys):
+    """One damaged file per run (metrics, eval, status, config, provenance): every other run and
+    every other fact is read, each damage is one note, no traceback, and the report still comes."""
+    import warnings
+
+    from analysis.collect import collect_curves, collect_runs, load_runs, main as collect_main
+    from analysis.report import compare_variants
+    from experiments.run_dir import RunDir
+
+    grid = tmp_path / "fig2_demo"
+    shutil.copytree(FIXTURE_RUNS, grid)
+    runs = {p.name.rsplit("-", 1)[0]: p for p in grid.iterdir()}
+    metrics = runs["transformer-n0-s1"] / "metrics.jsonl"
+    _damage(metrics, metrics.read_bytes().replace(b'"split"', b'"sp\xfflit"', 1))
+    _damage(runs["attn-split-n16-s1"] / "eval.json", b'{"unit": "bpc", "valid": {"bpc": 2.2\xff}}')
+    _damage(runs["ffn-attn-n16-s1"] / "status.json", b"\x00" * 128)
+    _damage(runs["head-split-n16-s1"] / "config.yaml", b"model: {variant: head_split\xff\n")
+    _damage(runs["single-head-n16-s1"] / "provenance.json", b"[1, 2]")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the analysis reports damage in notes, not as warnings
+        collected = collect_runs(sorted(grid.iterdir()))
+    collected.index = collected["run_id"].str.rsplit("-", n=1).str[0]  # the folder names, always there
+    assert len(collected) == 17
+    notes = collected["notes"].dropna()
+    assert sorted(notes.index) == ["attn-split-n16-s1", "ffn-attn-n16-s1", "head-split-n16-s1",
+                                   "single-head-n16-s1", "transformer-n0-s1"]
+    assert "metrics.jsonl:1: 1 damaged" in notes["transformer-n0-s1"]
+    assert "eval.json unreadable (byte 0xff" in notes["attn-split-n16-s1"]
+    assert "provenance.json unreadable (a JSON list" in notes["single-head-n16-s1"]
+    assert "config.yaml unreadable" in notes["head-split-n16-s1"]
+    assert collected.loc["ffn-attn-n16-s1", "state"] == "UNKNOWN"
+    assert collected.loc["transformer-n0-s1", "dev_bpc"] == 2.05  # damaged metrics: the evaluation stands
+    assert pd_isna(collected.loc["attn-split-n16-s1", "dev_bpc"])
+    assert pd_isna(collected.loc["head-split-n16-s1", "unit"])  # no config, no counted evaluation
+    assert collected.loc["single-head-n16-s1", "dev_bpc"] == 2.28
+    assert len(collect_curves(sorted(grid.iterdir()))) > 0
+
+    table = compare_variants(load_runs([grid]), "transformer")
+    assert len(table) == 8
+    err = capsys.readouterr().err
+    assert "metrics.jsonl:1: 1 damaged" in err and "Traceback" not in err
+    assert collect_main([str(grid), "--out", str(tmp_path / "out")]) == 0
+
+    # what slurm.status reads of each run: never an exception
+    with pytest.warns(UserWarning, match="status.json: unreadable"):
+        assert RunDir(runs["ffn-attn-n16-s1"]).read_status()["state"] == "PENDING"
+    with warnings.catch_warnings(record=True):
+        for path in runs.values():
+            RunDir(path).read_status()
+
+
+def pd_isna(value: object) -> bool:
+    import pandas as pd
+
+    return bool(pd.isna(value))
+
+
+# ---------------------------------------------------------------- cases 4 and 13: what counts as seeds
+
+
+def _fake_run(root: Path, overrides: list[str], dev_bpc: float | None, *, folder: str | None = None,
+              state: str = "DONE", heartbeat: float = 1_700_000_000.0, provenance: dict | None = None,
+              base: Path | None = None) -> Path:
+    """A run directory as the trainer leaves it, for the run config VALID with `overrides`."""
+    if base is None:
+        base = root / "base.yaml"
+        base.write_text(VALID)
+    cfg = load_run_config(base, ["grid=g", *overrides])
+    run_dir = root / "g" / (folder or cfg.run_id)
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    (run_dir / "status.json").write_text(json.dumps({"state": state, "step": cfg.train.steps, "attempt": 1,
+                                                     "heartbeat": heartbeat, "error": None}))
+    (run_dir / "provenance.json").write_text(json.dumps(provenance or {"git_sha": "0" * 40}))
+    if dev_bpc is not None:
+        scores = {"loss": dev_bpc * 0.693, "bpc": dev_bpc, "tokens": 100, "full": True}
+        (run_dir / "eval.json").write_text(json.dumps({"unit": "bpc", "valid": scores, "test": scores,
+                                                       "params_total": 1000, "flops_per_token": 2000}))
+    return run_dir
+
+
+def test_case04_replaced_and_copied_run_folders_are_not_more_seeds(tmp_path, capsys):
+    """`slurm.submit --force` leaves `<run_id>.replaced-<time>/` beside the new run; copies turn
+    up elsewhere. Recognised by content (config hash and seed), never by folder name."""
+    from analysis.collect import load_runs
+    from analysis.report import compare_variants
+
+    s0 = _fake_run(tmp_path, ["train.seed=0"], 2.00, heartbeat=2e9)
+    # the old DONE result that --force replaced: older, so the new DONE run wins
+    _fake_run(tmp_path, ["train.seed=0"], 2.90, folder=f"{s0.name}.replaced-20240101-120000", heartbeat=1e9)
+    s1 = _fake_run(tmp_path, ["train.seed=1"], None, state="RUNNING", heartbeat=2e9)  # resubmitted, not done yet
+    backup = _fake_run(tmp_path, ["train.seed=1"], 2.10, folder=f"{s1.name}.replaced-20240101-120000", heartbeat=1e9)
+    shutil.copytree(s0, tmp_path / "elsewhere" / "a-copy-under-any-name")  # same content, another name
+
+    runs = load_runs([tmp_path])
+    assert len(runs) == 2 and str(backup.resolve()) in set(runs["run_dir"])
+    assert {str(s0.resolve()), str((tmp_path / "elsewhere" / "a-copy-under-any-name").resolve())} & set(runs["run_dir"])
+    row = compare_variants(runs, "all_attention").iloc[0]
+    assert (row["n"], row["mean"]) == (2, pytest.approx(2.05))  # seeds 0 and 1, once each
+    err = capsys.readouterr().err
+    assert err.count("skipped ") == 3
+    assert f"skipped {s1.resolve()}: the same run (config hash {s1.name[-8:]}, seed 1)" in err
+    assert "which has a final evaluation" in err
+    assert f"skipped {s0.resolve()}.replaced-20240101-120000: the same run" in err and "which is newer" in err
+    assert "is as new (first in path order)" in err  # the exact copy
+
+
+def test_case13_runs_pool_as_seeds_only_when_configs_are_equal_but_the_seed(tmp_path):
+    """Two seed-0 runs with other train.steps or lr are separate rows, each saying what differs."""
+    from analysis.aggregate import evaluated, seed_summary
+    from analysis.collect import load_runs
+    from analysis.report import compare_variants, format_report
+    from model.errors import UserError
+
+    _fake_run(tmp_path, ["train.seed=0"], 2.00)
+    _fake_run(tmp_path, ["train.seed=1"], 2.02)  # a true second seed
+    _fake_run(tmp_path, ["train.seed=0", "train.steps=20"], 1.80)  # same shape, trained longer
+    _fake_run(tmp_path, ["train.seed=0", "optim.lr=0.01"], 2.50)  # same shape, another lr
+    _fake_run(tmp_path, ["model.variant=transformer", "model.num_persistent=0", "model.ffn_size=32"], 2.2,
+              base=tmp_path / "base.yaml")
+    runs = load_runs([tmp_path])
+
+    summary = seed_summary(*evaluated(runs)).set_index("differs")
+    assert summary.loc["optim.lr=0.07, train.steps=10", ["mean", "n"]].tolist() == [pytest.approx(2.01), 2]
+    assert summary.loc["optim.lr=0.07, train.steps=20", ["mean", "n"]].tolist() == [pytest.approx(1.80), 1]
+    assert summary.loc["optim.lr=0.01, train.steps=10", ["mean", "n"]].tolist() == [pytest.approx(2.50), 1]
+    assert summary.loc["", "variant"] == "transformer"  # alone with its label: nothing to say
+
+    markdown = format_report(compare_variants(runs, "transformer"), "markdown")
+    assert markdown.splitlines()[2].endswith("| config |")
+    assert "| 2 | 2.010 ± 0.014 |" in markdown and markdown.count("| 1 | ") == 3
+    assert "| optim.lr=0.01, train.steps=10 |" in markdown
+    with pytest.raises(UserError, match=r"ambiguous.*all_attention:8 \(optim.lr=0.07, train.steps=20\)"):
+        compare_variants(runs, "all_attention")
+
+
+def test_case13_two_corpora_of_one_name_do_not_pool(tmp_path):
+    """Every corpus prepared with `prepare text` is called 'text': the data identity (the prepared
+    folder and its checksums, from provenance.json or meta.json) keeps two corpora apart."""
+    from analysis.aggregate import evaluated, seed_summary
+    from analysis.collect import load_runs
+    from analysis.figure2 import figure2_data
+    from analysis.report import compare_variants
+    from model.errors import UserError
+
+    corpora = {}
+    for name, digest in (("wt2", "a" * 64), ("ptb", "b" * 64)):
+        corpora[name] = tmp_path / "data" / name
+        corpora[name].mkdir(parents=True)
+        (corpora[name] / "meta.json").write_text(json.dumps({"dataset": "text", "sha256": {"train.bin": digest}}))
+    for seed in (0, 1):
+        _fake_run(tmp_path, [f"train.seed={seed}", "data.dataset=text", f"data.path={corpora['wt2']}"], 2.0 + seed / 10)
+        _fake_run(tmp_path, [f"train.seed={seed}", "data.dataset=text", f"data.path={corpora['ptb']}"], 1.0 + seed / 10)
+    runs = load_runs([tmp_path / "g"])
+    assert set(runs["dataset"]) == {"text"} and set(runs["data_name"]) == {"wt2", "ptb"}
+    assert runs["data_sha256"].notna().all() and runs["data_sha256"].nunique() == 2
+    summary = seed_summary(*evaluated(runs))
+    assert sorted(summary["mean"]) == [pytest.approx(1.05), pytest.approx(2.05)] and list(summary["n"]) == [2, 2]
+    assert all("data_name=" in d for d in summary["differs"])
+    with pytest.raises(UserError, match="one corpus.*data_name=ptb.*data_name=wt2|one corpus.*wt2.*ptb"):
+        compare_variants(runs, "all_attention")
+    with pytest.raises(UserError, match="one corpus"):
+        figure2_data(runs)
+
+    # One folder, re-prepared between two runs: the checksum provenance.json recorded tells them apart.
+    shutil.rmtree(tmp_path / "g")
+    for seed, digest in ((0, "c"), (1, "d")):
+        _fake_run(tmp_path, [f"train.seed={seed}"], 2.0,
+                  provenance={"data": {"name": "lexicon", "sha256": {"train.bin": digest * 64}}})
+    summary = seed_summary(*evaluated(load_runs([tmp_path / "g"])))
+    assert list(summary["n"]) == [1, 1] and all(d.startswith("data_sha256=") for d in summary["differs"])
