@@ -12,10 +12,14 @@ from __future__ import annotations
 import signal
 from types import FrameType
 
+from experiments.distributed import DistContext
+
 SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 
 
 class InterruptFlag:
+    """While entered, records SIGTERM and SIGUSR2 instead of acting on them; the handlers before are restored on exit."""
+
     def __init__(self) -> None:
         self.signum: int | None = None
         self.stopped_by: int | None = None
@@ -34,6 +38,12 @@ class InterruptFlag:
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
         self.signum, self._frame = signum, frame
+
+    def agreed(self, ctx: DistContext) -> int | None:
+        """The signal to stop at after this step, the same on every rank (a collective call):
+        ranks receive a signal at different steps, and all must checkpoint the same one."""
+        received = ctx.all_reduce_sum([float(self.signum == s) for s in SIGNALS])
+        return next((s for s, count in zip(SIGNALS, received) if count > 0), None)
 
     def forward(self, signum: int) -> bool:
         """Hand `signum` (this step's signal, agreed by every rank) on. True when the run must stop."""

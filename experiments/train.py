@@ -22,7 +22,8 @@ from experiments.data import load_corpus
 from experiments.distributed import DistContext, init_distributed, shutdown_distributed
 from experiments.run_config import RunConfig, data_path, load_run_config
 from experiments.run_dir import PROJECT_ROOT, RunDir
-from experiments.trainer import NonFiniteLoss, Trainer
+from experiments.train_step import NonFiniteLoss
+from experiments.trainer import Trainer
 from model.errors import ConfigError, UserError
 
 log = logging.getLogger("train")

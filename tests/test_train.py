@@ -166,7 +166,7 @@ def test_non_finite_loss_fails_the_run_and_keeps_the_last_checkpoint(corpus, tmp
         return (nll * float("nan") if trainer.state["step"] >= 5 else nll), cache
 
     trainer.model.forward = poisoned
-    from experiments.trainer import NonFiniteLoss
+    from experiments.train_step import NonFiniteLoss
     with pytest.raises(NonFiniteLoss, match="non-finite training loss"):
         trainer.run()
     assert [p.name for p in checkpoint.complete_checkpoints(trainer.run_dir.checkpoints)] == ["step_000000004"]

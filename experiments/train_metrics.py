@@ -1,0 +1,61 @@
+"""The trainer's metrics records (DESIGN §4) and the log lines beside them.
+
+Rank 0 appends each record to metrics.jsonl, the source of truth about a run's
+curves. A train record covers the updates since the previous one (the log
+interval): its loss is their mean, its throughput their wall time.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from experiments.distributed import DistContext
+from experiments.evaluation import unit_value
+from experiments.run_config import RunConfig
+from experiments.run_dir import RunDir
+from experiments.train_state import TrainState
+
+log = logging.getLogger("train")
+
+
+class MetricsWriter:
+    """Writes the train and val_partial records of one attempt (rank 0; other ranks only log)."""
+
+    def __init__(self, cfg: RunConfig, run_dir: RunDir, ctx: DistContext, unit: str):
+        self.cfg, self.run_dir, self.ctx, self.unit = cfg, run_dir, ctx, unit
+        self.attempt = 1
+        """Attempt number written into every record."""
+        self._interval_seconds = 0.0  # wall time of the current log interval: not checkpointed, as it is not reproducible
+
+    def add_update(self, state: TrainState, loss: float, seconds: float) -> None:
+        """Count one update (mean nll `loss` in nats, `seconds` of wall time) in the log interval."""
+        state.log_loss += loss
+        state.log_steps += 1
+        self._interval_seconds += seconds
+
+    def write_train(self, state: TrainState, span: tuple[float, float]) -> None:
+        """The interval's train record and log line (`span`: mean and max attention span); starts the next interval."""
+        cfg, unit, seconds = self.cfg.train, self.unit, self._interval_seconds
+        loss = state.log_loss / state.log_steps
+        tokens_per_s = state.log_steps * cfg.batch_size * cfg.block_size / seconds if seconds else 0.0
+        record = {"split": "train", "loss": loss, unit: unit_value(loss, unit), "lr": state.last_lr,
+                  "ms_per_step": 1000 * seconds / state.log_steps, "tokens_per_s": tokens_per_s,
+                  "span_mean": span[0], "span_max": span[1]}
+        self._write(state, record)
+        state.log_loss, state.log_steps, self._interval_seconds = 0.0, 0, 0.0
+        state.tokens_per_s = tokens_per_s
+        log.info("step %d/%d | loss %.4f | %s %.4f | lr %.3g | %.0f tok/s | span %.0f/%.0f",
+                 state.step, cfg.steps + cfg.finetune_steps, loss, unit, record[unit], state.last_lr, tokens_per_s,
+                 *span)
+
+    def write_val_partial(self, state: TrainState, loss: float, tokens: int) -> None:
+        """The partial validation's record and log line: mean nll `loss` (nats) over `tokens` tokens."""
+        record = {"split": "val_partial", "loss": loss, self.unit: unit_value(loss, self.unit), "eval_tokens": tokens}
+        self._write(state, record)
+        log.info("step %d | val_partial loss %.4f | %s %.4f", state.step, loss, self.unit, record[self.unit])
+
+    def _write(self, state: TrainState, record: dict[str, Any]) -> None:
+        if self.ctx.is_main:
+            base = {"step": state.step, "tokens": state.tokens, "attempt": self.attempt, "time": time.time()}
+            self.run_dir.append_metrics({**base, **record})
