@@ -53,6 +53,7 @@ RUN_COLUMNS = IDENTITY_COLUMNS + CONTENT_COLUMNS + STATUS_COLUMNS + EVAL_COLUMNS
 CURVE_COLUMNS = ["step", "split", "tokens", "loss", "bpc", "ppl", "lr", "ms_per_step", "tokens_per_s",
                  "span_mean", "span_max", "attempt", "time"]
 _EVAL_SPLITS = {"valid": "dev", "test": "test"}
+REQUIRED_SECTIONS = ("model", "data", "optim", "train")
 
 
 def collect_runs(dirs: Iterable[str | os.PathLike]) -> pd.DataFrame:
@@ -281,6 +282,10 @@ def _read_config(run_dir: Path, notes: list[str]) -> dict[str, Any]:
         return {}
     if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
         notes.append(f"{RUN_MARKER} unreadable (not a mapping of config sections); the run is left out")
+        return {}
+    missing = [k for k in REQUIRED_SECTIONS if not isinstance(config.get(k), dict)]
+    if missing:  # e.g. a torn copy: what is left may still parse
+        notes.append(f"{RUN_MARKER} incomplete (no {', '.join(missing)} section); the run is left out")
         return {}
     return config
 

@@ -47,6 +47,10 @@ class RunDir:
         damaged run cannot stop `slurm.status` or a resubmission of its grid.
         """
         status = _read_json(self.status_file)
+        if status and not _well_formed_status(status):
+            warnings.warn(f"{self.status_file}: unreadable (state {status.get('state')!r}, step "
+                          f"{status.get('step')!r}, attempt {status.get('attempt')!r}); ignored", stacklevel=2)
+            status = {}
         return status if status else {"state": "PENDING", "stage": None, "step": 0, "attempt": 0, "error": None}
 
     def write_status(self, state: str, **fields: Any) -> None:
@@ -82,6 +86,12 @@ class RunDir:
             "torch": torch.__version__, "cuda": torch.version.cuda, "host": socket.gethostname(),
             "slurm_job_ids": job_ids, "command": " ".join(sys.argv), "attempts": attempt,
         })
+
+
+def _well_formed_status(status: dict[str, Any]) -> bool:
+    counts = [status.get(k) for k in ("step", "attempt")]
+    return status.get("state") in STATES and all(
+        c is None or (isinstance(c, int) and not isinstance(c, bool) and c >= 0) for c in counts)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

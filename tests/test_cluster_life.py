@@ -233,6 +233,8 @@ def test_case09_a_grid_with_damaged_runs_still_collects(tmp_path, capsys):
     _damage(runs["ffn-attn-n16-s1"] / "status.json", b"\x00" * 128)
     _damage(runs["head-split-n16-s1"] / "config.yaml", b"model: {variant: head_split\xff\n")
     _damage(runs["single-head-n16-s1"] / "provenance.json", b"[1, 2]")
+    torn = runs["all-attention-n16-s2"] / "config.yaml"
+    _damage(torn, torn.read_bytes()[:120])  # a torn copy that still parses
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the analysis reports damage in notes, not as warnings
@@ -240,8 +242,9 @@ def test_case09_a_grid_with_damaged_runs_still_collects(tmp_path, capsys):
     collected.index = collected["run_id"].str.rsplit("-", n=1).str[0]  # the folder names, always there
     assert len(collected) == 17
     notes = collected["notes"].dropna()
-    assert sorted(notes.index) == ["attn-split-n16-s1", "ffn-attn-n16-s1", "head-split-n16-s1",
-                                   "single-head-n16-s1", "transformer-n0-s1"]
+    assert sorted(notes.index) == ["all-attention-n16-s2", "attn-split-n16-s1", "ffn-attn-n16-s1",
+                                   "head-split-n16-s1", "single-head-n16-s1", "transformer-n0-s1"]
+    assert "config.yaml incomplete (no data, optim, train section)" in notes["all-attention-n16-s2"]
     assert "metrics.jsonl:1: 1 damaged" in notes["transformer-n0-s1"]
     assert "eval.json unreadable (byte 0xff" in notes["attn-split-n16-s1"]
     assert "provenance.json unreadable (a JSON list" in notes["single-head-n16-s1"]
@@ -387,3 +390,16 @@ def test_case13_two_corpora_of_one_name_do_not_pool(tmp_path):
                   provenance={"data": {"name": "lexicon", "sha256": {"train.bin": digest * 64}}})
     summary = seed_summary(*evaluated(load_runs([tmp_path / "g"])))
     assert list(summary["n"]) == [1, 1] and all(d.startswith("data_sha256=") for d in summary["differs"])
+
+
+@pytest.mark.parametrize("content", [b'{"state": "DONE", "step": 4\xff00}', b"\x00" * 64, b'{"state": "DO',
+                                     b"[1]", b'{"state": "DONE", "step": "x"}', b'{"state": 3}'],
+                         ids=["non-utf8", "nul", "torn", "not-object", "bad-step", "bad-state"])
+def test_case09_damaged_status_json_reads_as_pending_with_one_warning(tmp_path, content):
+    from experiments.run_dir import RunDir
+
+    run = RunDir(tmp_path)
+    run.status_file.write_bytes(content)
+    with pytest.warns(UserWarning, match="status.json: unreadable") as caught:
+        status = run.read_status()
+    assert status["state"] == "PENDING" and status["attempt"] == 0 and len(caught) == 1
