@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import experiments.data.registry as registry
 from experiments.data.command import build_parser, main
-from experiments.data.corpus import PROJECT_ROOT, Corpus, DataConfig, load_corpus, resolve_data_path
+from experiments.data.corpus import PROJECT_ROOT, Corpus, DataConfig, check_meta, load_corpus, read_meta
 from experiments.data.encoding import Prepared, decode_bytes, encode_text
-from experiments.data.format import EOS, SPLITS, UNK, dtype_name, numpy_dtype
+from experiments.data.format import EOS, META, SPLITS, UNK, dtype_name, numpy_dtype
 
 DATASETS = registry.names()
 
-__all__ = ["DATASETS", "EOS", "PROJECT_ROOT", "SPLITS", "UNK", "Corpus", "DataConfig", "Prepared", "build_parser",
-           "decode_bytes", "dtype_name", "encode_text", "load_corpus", "main", "numpy_dtype", "registry",
-           "resolve_data_path"]
+__all__ = ["DATASETS", "EOS", "META", "PROJECT_ROOT", "SPLITS", "UNK", "Corpus", "DataConfig", "Prepared", "build_parser",
+           "check_meta", "decode_bytes", "dtype_name", "encode_text", "load_corpus", "main", "numpy_dtype",
+           "read_meta", "registry"]

@@ -33,12 +33,6 @@ class DataConfig:
             raise ConfigError("path", f"must be the directory of prepared data, got {self.path!r}")
 
 
-def resolve_data_path(path: str | os.PathLike) -> Path:
-    """A `data.path` as commands read it: relative paths from the project root (jobs may start elsewhere)."""
-    path = Path(path)
-    return path if path.is_absolute() else PROJECT_ROOT / path
-
-
 @dataclass(frozen=True)
 class Corpus:
     """A prepared corpus: its meta.json and its splits as memory-mapped token ids."""
