@@ -37,7 +37,7 @@ class MetricsRead:
             return f"{path}: unreadable ({self.error}); no metrics read"
         if self.damaged_lines:
             first, count = self.damaged_lines[0], len(self.damaged_lines)
-            return f"{path}:{first}: {count} damaged metrics line(s) skipped (first at line {first})"
+            return f"{path}:{first}: {count} damaged line(s) skipped"
         return None
 
 

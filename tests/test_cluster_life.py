@@ -187,7 +187,7 @@ def test_case09_metrics_line_with_a_non_utf8_byte_is_skipped_counted_and_warned_
                      + b"\xfe\xff\x00garbage\n" + GOOD % (4, 1.5))
     records, warned = _read_warned(path)
     assert records == [(1, 3.0), (3, 2.0), (4, 1.5)]
-    assert len(warned) == 1 and "metrics.jsonl:2: 2 damaged metrics line(s)" in warned[0]
+    assert len(warned) == 1 and "metrics.jsonl:2: 2 damaged line(s)" in warned[0]
 
 
 def test_case09_metrics_nul_padding_is_skipped_and_the_record_after_it_recovered(tmp_path):
