@@ -85,6 +85,9 @@ def seed_summary(runs: pd.DataFrame, column: str) -> pd.DataFrame:
     grouped = runs.groupby(keys, dropna=False, sort=False)
     summary = grouped[column].agg(["mean", "std", "count"]).rename(columns={"count": "n"})
     summary = summary.join(grouped[resources].mean())
+    data = [k for k in DATA_KEYS if k in runs and k not in keys]
+    if data:
+        summary = summary.join(grouped[data].first())
     summary["differs"] = differences(grouped.first())
     summary = summary.reset_index()
     order = summary["variant"].map({v: i for i, v in enumerate(VARIANTS)})

@@ -25,7 +25,7 @@ from experiments.cli import run_cli
 
 COLUMNS = ["dataset", "variant", "num_persistent", "num_layers", "n", "metric", "mean", "std", "delta",
            "params_total", "delta_params", "flops_per_token", "delta_flops", "tokens_per_s",
-           "entropy_floor_bpc", "floor_gap", "differs", "is_baseline"]
+           "entropy_floor_bpc", "floor_gap", "differs", "data_name", "data_sha256", "is_baseline"]
 FORMATS = ("markdown", "csv", "latex")
 
 
@@ -69,7 +69,10 @@ def format_report(table: pd.DataFrame, fmt: str) -> str:
         return table.to_csv(index=False)
     metric = table["metric"].iloc[0]
     base = table.loc[table["is_baseline"]].iloc[0]
-    caption = (f"{metric.replace('_', ' ')} on {base['dataset']}, mean ± std over n seeds; "
+    corpus = base.get("data_name")
+    dataset = base["dataset"] if not isinstance(corpus, str) or corpus == base["dataset"] else \
+        f"{base['dataset']} ({corpus})"  # `prepare text` calls every corpus 'text'
+    caption = (f"{metric.replace('_', ' ')} on {dataset}, mean ± std over n seeds; "
                f"Δ against {base['variant']} N={int(base['num_persistent'])}.")
     cells = _report_cells(table, metric.split("_", 1)[1])
     return latex_table(cells, caption) if fmt == "latex" else f"{caption}\n\n{markdown_table(cells)}"
