@@ -128,6 +128,7 @@ def split_90_5_5(data: bytes) -> dict[str, bytes]:
 # ---------------------------------------------------------------- enwik8 and text8: one byte file, split 90/5/5
 
 BYTE_CORPUS_CHARS = 100_000_000  # first 90M train, next 5M valid, last 5M test
+BYTE_SPLIT_SIZES = {"train": 90_000_000, "valid": 5_000_000, "test": 5_000_000}
 
 
 def add_byte_archive_arguments(parser: argparse.ArgumentParser, archive: Archive) -> None:

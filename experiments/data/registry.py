@@ -41,6 +41,8 @@ class Dataset:
     """Folder name under data/ when --out is not given (default: the dataset's name)."""
     official_vocab: int | None = None
     """The vocabulary size that preparation of the official (pinned) archive gives: the paper configs' vocab_size."""
+    official_sizes: dict[str, int] | None = None
+    """Tokens per split that preparation of the official archive gives."""
 
 
 @cache

@@ -23,6 +23,8 @@ ARCHIVE = Archive("wikitext-103-v1.zip", "https://wikitext.smerity.com/wikitext-
                   "242ba0f20b329cfdf1ccc61e9e9e5b59becf189db7f7a81cd2a0e2fc31539590", None)
 MEMBERS = {split: f"wikitext-103/wiki.{split}.tokens" for split in SPLITS}
 VOCAB = 267_735
+SIZES = {"train": 103_227_021, "valid": 217_646, "test": 245_569}
+"""Tokens (words + one <eos> per line) as Merity et al. (2016) count them; valid and test are WikiText-2's."""
 
 
 def prepare(args: argparse.Namespace, work: Path) -> Prepared:
@@ -47,4 +49,5 @@ def prepare(args: argparse.Namespace, work: Path) -> Prepared:
 
 
 DATASET = Dataset(name="wikitext-103", help="WikiText-103 words, ids by decreasing frequency", prepare=prepare,
-                  add_arguments=lambda parser: add_archive_arguments(parser, ARCHIVE), official_vocab=VOCAB)
+                  add_arguments=lambda parser: add_archive_arguments(parser, ARCHIVE), official_vocab=VOCAB,
+                  official_sizes=SIZES)
