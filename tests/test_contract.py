@@ -160,3 +160,15 @@ def test_data_not_from_the_pinned_archive_is_a_warning(corpora, tmp_path):
 def test_planned_processes_follow_the_slurm_section(corpora):
     assert planned_processes(config(corpora["lexicon"], slurm={"nodes": 2, "gpus_per_node": 4})) == 8
     assert planned_processes(config(corpora["lexicon"])) == 1
+
+
+def test_meta_json_records_what_a_model_depends_on(corpora):
+    lexicon = json.loads((corpora["lexicon"] / "meta.json").read_text())
+    assert (lexicon["vocab_size"], lexicon["vocab_order"], lexicon["eos"], lexicon["eos_id"]) == (27, "appearance",
+                                                                                                  None, None)
+    assert "distinct byte" in lexicon["vocab_rule"]
+    assert set(lexicon["sizes"]) == {"train", "valid", "test"}
+    assert set(lexicon["sha256"]) == {"train.bin", "valid.bin", "test.bin"}
+    words = json.loads((corpora["frequency"] / "meta.json").read_text())
+    assert (words["vocab_order"], words["eos"]) == ("frequency", "<eos>")
+    assert words["vocab"][words["eos_id"]] == "<eos>" and "<eos> closing each line" in words["vocab_rule"]

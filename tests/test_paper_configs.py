@@ -23,8 +23,10 @@ run would spend most of the time importing torch).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,7 @@ from experiments.contract import check_run, planned_processes
 from experiments.data import load_corpus, main as data_main, registry
 from experiments.grid import load_grid
 from experiments.run_config import RunConfig
+from model.errors import UserError
 from tests.conftest import PROJECT_ROOT, SHARED_DATA, require_path
 from tests.miniatures import MINIATURES
 
@@ -127,3 +130,68 @@ def test_every_config_file_is_covered() -> None:
     datasets = {_dataset(path) for path in CONFIG_FILES}
     assert {"enwik8", "text8", "wikitext-103"} <= datasets
     assert all(registry.get(name).official_sizes for name in MINIATURES)
+
+
+# ---------------------------------------------------------------- the miniatures and the pins
+
+
+def test_a_miniature_needs_allow_unpinned_and_is_recorded_as_not_official(tmp_path: Path, capsys) -> None:
+    archive = MINIATURES["text8"](tmp_path, require_path(SHARED_DATA, "shared data folder"))
+    with pytest.raises(UserError, match="--allow-unpinned"):
+        data_main(["prepare", "text8", "--source", str(archive), "--out", str(tmp_path / "refused")])
+    assert not (tmp_path / "refused").exists()
+    assert data_main(["prepare", "text8", "--source", str(tmp_path), "--allow-unpinned",
+                      "--out", str(tmp_path / "t8")]) == 0
+    assert "warning: " in capsys.readouterr().err
+    meta = load_corpus(tmp_path / "t8", dataset="text8").meta
+    assert meta["source"]["official"] is False and meta["source"]["file"] == "text8.zip"
+    assert (meta["vocab_size"], meta["eos"], meta["eos_id"], meta["vocab_order"]) == (27, None, None, "appearance")
+    assert meta["sizes"] == {"train": 180_000, "valid": 10_000, "test": 10_000}
+
+
+@pytest.mark.parametrize("dataset", ["enwik8", "wikitext-103"])
+def test_the_official_archive_must_give_the_official_vocabulary(dataset, tmp_path: Path, monkeypatch, capsys) -> None:
+    """Pinning the miniature's sha256 in place of the official one: it prepares as official
+    (its vocabulary is the official size); one symbol fewer is refused."""
+    from experiments.data import archive as archive_module
+    from experiments.data.datasets import enwik8, wikitext103
+    from tests import miniatures
+
+    module = {"enwik8": enwik8, "wikitext-103": wikitext103}[dataset]
+    shared = require_path(SHARED_DATA, "shared data folder")
+    good = MINIATURES[dataset](tmp_path, shared)
+    pin = lambda path: dataclasses.replace(module.ARCHIVE, sha256=archive_module.sha256_file(path))  # noqa: E731
+    monkeypatch.setattr(archive_module, "BYTE_CORPUS_CHARS", len(miniatures.enwik8_bytes(shared)))
+    monkeypatch.setattr(module, "ARCHIVE", pin(good))
+    assert data_main(["prepare", dataset, "--source", str(good), "--out", str(tmp_path / "official")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    meta = load_corpus(tmp_path / "official").meta
+    assert meta["source"]["official"] is True and meta["vocab_size"] == module.VOCAB
+
+    bad = tmp_path / "bad" / good.name
+    bad.parent.mkdir()
+    with zipfile.ZipFile(good) as z:
+        members = {name: z.read(name) for name in z.namelist()}
+    if dataset == "enwik8":  # one byte value fewer: one that only the completing page holds
+        enwik5 = (shared / "enwik8" / "enwik5").read_bytes()[:miniatures.ENWIK5_USED_BYTES]
+        only_added = max(set(members["enwik8"]) - set(enwik5))
+        members["enwik8"] = members["enwik8"].replace(bytes([only_added]), b"?")
+    else:  # one word fewer
+        train = "wikitext-103/wiki.train.tokens"
+        members[train] = members[train].rstrip(b" \n").rsplit(b" ", 1)[0] + b" \n"
+    miniatures.write_zip(bad, members)
+    monkeypatch.setattr(module, "ARCHIVE", pin(bad))
+    with pytest.raises(UserError, match="vocabulary of"):
+        data_main(["prepare", dataset, "--source", str(bad), "--out", str(tmp_path / "refused")])
+    assert not (tmp_path / "refused").exists()
+
+
+def test_adding_a_dataset_is_adding_a_module() -> None:
+    import pkgutil
+
+    from experiments.data import DATASETS, DataConfig, datasets as package
+
+    modules = [m.name for m in pkgutil.iter_modules(package.__path__)]
+    assert len(modules) == len(DATASETS) == len(registry.datasets())
+    for name in DATASETS:
+        assert DataConfig(dataset=name, path="data/x").dataset == name
