@@ -1,24 +1,41 @@
-"""Import a checkpoint of the authors' released code (facebookresearch/adaptive-span).
+"""The authors' checkpoint layout (facebookresearch/adaptive-span) <-> this project's, both ways.
 
     python -m experiments.convert AUTHORS.pt --config CONFIG.yaml --out OURS.pt
+    python -m experiments.convert --to-authors OURS.pt --config CONFIG.yaml --out THEIRS.pt
 
-Their file is a dict whose `model` entry is a state dict (keys possibly prefixed
-`module.` by DataParallel). Their layout, d = d_model, d_h = d / H, L = span:
-    in_emb.weight V x d; out_emb.weight V x d, out_emb.bias V
-    key_pe 1 x d_h x L, column j holding distance L - j
-    layers.i.attn.proj_query|proj_key|proj_val|proj_out.weight d x d
-    layers.i.norm1|norm2.weight|bias; layers.i.ff.fc1|fc2.weight|bias (FFN layers)
-    layers.i.attn.attn.adaptive_span._mask.current_val H x 1 x 1 (z in [0, 1])
-    layers.i.attn.attn.persistent_memory.key H x d_h x N, .val H x N x d_h
-    (+ buffers and a duplicate span mask under persistent_memory, both ignored).
-The result loads into our TransformerLM built from CONFIG (`{"model": state_dict}`),
-e.g. for `python -m experiments.evaluate CONFIG --checkpoint OURS.pt`.
-Files that do not fit the config are refused naming the first mismatching key.
+This module is the pure key mapping (the commands live in experiments/convert.py).
+Their file is a dict whose `model` entry is a state dict with keys prefixed
+`module.` by DataParallel. Their layout, in their state-dict order (d = d_model,
+d_h = d / H, L = span, N persistent vectors, n_c x d_c the adaptive cluster c):
+
+    key_pe                      1 x d_h x L   column j = distance L - j      -> pos_emb d_h x L (column dist-1)
+    in_emb.weight               V x d                                        -> embed.weight
+    out_emb.weight|bias         V x d | V                                    -> out.weight|bias
+  adaptive input/output (tied):
+    in_emb.emb_layers.c.weight  n_c x d_c                                    -> adaptive.tables.c
+    in_emb.emb_projs.c          d x d_c                                      -> adaptive.projs.c
+    out_emb.cluster_proj.weight|bias   S x d | S (row j: tail cluster S - j)  -> adaptive.cluster.weight|bias
+    out_emb.out_layers.c.weight the same tensor as in_emb.emb_layers.c.weight (tied copy)
+    out_emb.out_layers.c.bias   n_c                                          -> adaptive.biases.c
+    out_emb.out_projs.c         the same tensor as in_emb.emb_projs.c (tied copy)
+  per layer i (prefix layers.i.):
+    attn.attn.adaptive_span._mask.current_val   H x 1 x 1 (z)                -> attn.span.z
+    attn.attn.adaptive_span._mask.mask_template L, the constant 1-L .. 0     (buffer, checked)
+    attn.attn.persistent_memory.key|val         H x d_h x N | H x N x d_h    -> attn.persistent.keys|values
+    attn.attn.persistent_memory.adaptive_span._mask.*   the same two tensors again (shared module)
+    attn.proj_query|proj_out|proj_val|proj_key.weight   d x d                -> attn.w_q|w_o|w_v|w_k.weight
+    norm1.weight|bias                                                        -> norm1.weight|bias
+    ff.fc1|fc2.weight|bias, norm2.weight|bias   (FFN layers)                 -> ffn.fc1|fc2.*, norm2.*
+
+Their code has two of our variants: `transformer` (FFN layers) and `all_attention`
+(persistent memory, no FFN), each with or without adaptive span and adaptive I/O.
+A tied copy must equal its original exactly; either direction refuses a state
+that does not fit the config in one line (a UserError naming the first bad key).
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -27,32 +44,91 @@ from model.config import ModelConfig
 from model.errors import UserError
 from model.transformer import build_model
 
-# (their key pattern, our key template); layer keys carry the layer index as \1.
-RENAMES = [
-    (r"in_emb\.weight", "embed.weight"),
-    (r"out_emb\.(weight|bias)", r"out.\1"),
-    (r"key_pe", "pos_emb"),
-    (r"layers\.(\d+)\.attn\.proj_query\.weight", r"layers.\1.attn.w_q.weight"),
-    (r"layers\.(\d+)\.attn\.proj_key\.weight", r"layers.\1.attn.w_k.weight"),
-    (r"layers\.(\d+)\.attn\.proj_val\.weight", r"layers.\1.attn.w_v.weight"),
-    (r"layers\.(\d+)\.attn\.proj_out\.weight", r"layers.\1.attn.w_o.weight"),
-    (r"layers\.(\d+)\.(norm[12])\.(weight|bias)", r"layers.\1.\2.\3"),
-    (r"layers\.(\d+)\.ff\.(fc[12])\.(weight|bias)", r"layers.\1.ffn.\2.\3"),
-    (r"layers\.(\d+)\.attn\.attn\.adaptive_span\._mask\.current_val", r"layers.\1.attn.span.z"),
-    (r"layers\.(\d+)\.attn\.attn\.persistent_memory\.key", r"layers.\1.attn.persistent.keys"),
-    (r"layers\.(\d+)\.attn\.attn\.persistent_memory\.val", r"layers.\1.attn.persistent.values"),
-]
-IGNORED = [r".*mask_template", r".*persistent_memory\.adaptive_span\..*"]
+PREFIX = "module."
+"""DataParallel's prefix, on every key of the authors' files."""
+AUTHORS_VARIANTS = ("transformer", "all_attention")
+"""Our variants that the authors' code can express."""
 
 
-def our_key(their_key: str) -> str | None:
-    """Our parameter name for one of theirs; None for entries we do not load."""
-    if any(re.fullmatch(p, their_key) for p in IGNORED):
-        return None
-    for pattern, template in RENAMES:
-        if re.fullmatch(pattern, their_key):
-            return re.sub(pattern, template, their_key)
-    raise UserError(f"unexpected key {their_key!r} in the authors' checkpoint")
+class Entry(NamedTuple):
+    """One key of the authors' state dict: `role` is PARAM (`source` = our parameter name),
+    COPY (`source` = the authors' key of the tensor it repeats) or TEMPLATE (a constant buffer)."""
+
+    key: str
+    role: str
+    source: str
+
+
+PARAM, COPY, TEMPLATE = "param", "copy", "template"
+
+
+# ---------------------------------------------------------------- the layout
+
+
+def authors_layout(cfg: ModelConfig) -> list[Entry]:
+    """Every key of the authors' state dict for `cfg` (without the `module.` prefix), in their order."""
+    if cfg.variant not in AUTHORS_VARIANTS:
+        raise UserError(f"variant {cfg.variant} does not exist in the authors' code (it has {' and '.join(AUTHORS_VARIANTS)})")
+    entries = [Entry("key_pe", PARAM, "pos_emb")]
+    entries += _adaptive_entries(cfg) if cfg.output == "adaptive" else _softmax_entries()
+    for i in range(cfg.num_layers):
+        entries += _layer_entries(cfg, f"layers.{i}.")
+    return entries
+
+
+def _softmax_entries() -> list[Entry]:
+    return [Entry("in_emb.weight", PARAM, "embed.weight"), Entry("out_emb.weight", PARAM, "out.weight"),
+            Entry("out_emb.bias", PARAM, "out.bias")]
+
+
+def _adaptive_entries(cfg: ModelConfig) -> list[Entry]:
+    """Their in_emb (tables, then projections) and out_emb (cluster logits, per-cluster tied
+    weight and own bias, tied projections)."""
+    clusters = range(len(cfg.adaptive_cutoffs) + 1)
+    entries = [Entry(f"in_emb.emb_layers.{c}.weight", PARAM, f"adaptive.tables.{c}") for c in clusters]
+    entries += [Entry(f"in_emb.emb_projs.{c}", PARAM, f"adaptive.projs.{c}") for c in clusters]
+    entries += [Entry(f"out_emb.cluster_proj.{p}", PARAM, f"adaptive.cluster.{p}") for p in ("weight", "bias")]
+    for c in clusters:
+        entries += [Entry(f"out_emb.out_layers.{c}.weight", COPY, f"in_emb.emb_layers.{c}.weight"),
+                    Entry(f"out_emb.out_layers.{c}.bias", PARAM, f"adaptive.biases.{c}")]
+    entries += [Entry(f"out_emb.out_projs.{c}", COPY, f"in_emb.emb_projs.{c}") for c in clusters]
+    return entries
+
+
+def _layer_entries(cfg: ModelConfig, p: str) -> list[Entry]:
+    span = cfg.adaptive_span.enabled
+    mask = f"{p}attn.attn.adaptive_span._mask."
+    entries = [Entry(mask + "current_val", PARAM, p + "attn.span.z"), Entry(mask + "mask_template", TEMPLATE, "")] if span else []
+    if cfg.variant == "all_attention":
+        pers = f"{p}attn.attn.persistent_memory."
+        entries += [Entry(pers + "key", PARAM, p + "attn.persistent.keys"), Entry(pers + "val", PARAM, p + "attn.persistent.values")]
+        if span:  # their persistent memory holds the same AdaptiveSpan module
+            entries += [Entry(pers + "adaptive_span._mask.current_val", COPY, mask + "current_val"),
+                        Entry(pers + "adaptive_span._mask.mask_template", COPY, mask + "mask_template")]
+    for theirs, ours in (("proj_query", "w_q"), ("proj_out", "w_o"), ("proj_val", "w_v"), ("proj_key", "w_k")):
+        entries.append(Entry(f"{p}attn.{theirs}.weight", PARAM, f"{p}attn.{ours}.weight"))
+    entries += [Entry(f"{p}norm1.{t}", PARAM, f"{p}norm1.{t}") for t in ("weight", "bias")]
+    if cfg.variant == "transformer":
+        entries += [Entry(f"{p}ff.{fc}.{t}", PARAM, f"{p}ffn.{fc}.{t}") for fc in ("fc1", "fc2") for t in ("weight", "bias")]
+        entries += [Entry(f"{p}norm2.{t}", PARAM, f"{p}norm2.{t}") for t in ("weight", "bias")]
+    return entries
+
+
+def authors_parameter_order(cfg: ModelConfig) -> list[tuple[str, str]]:
+    """(their key, our name) of each distinct parameter in their `model.parameters()` order,
+    which is the index order of their optimizer state (buffers and tied copies skipped)."""
+    return [(e.key, e.source) for e in authors_layout(cfg) if e.role == PARAM]
+
+
+def our_parameter_names(cfg: ModelConfig) -> list[str]:
+    """Our parameter names in `model.parameters()` order (the index order of our optimizer state)."""
+    with torch.device("meta"):
+        return [name for name, _ in build_model(cfg).named_parameters()]
+
+
+def mask_template(span: int) -> Tensor:
+    """Their adaptive-span buffer: 1 - L, ..., 0 (float32, L entries)."""
+    return torch.linspace(1 - span, 0, steps=span)
 
 
 def our_tensor(our_name: str, value: Tensor) -> Tensor:
@@ -62,42 +138,151 @@ def our_tensor(our_name: str, value: Tensor) -> Tensor:
     return value
 
 
-def convert(their_state: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
-    """Their state dict -> ours for `cfg`, checked key by key against a model built from it."""
+def their_tensor(our_name: str, value: Tensor) -> Tensor:
+    """Our tensor in their layout (the inverse of `our_tensor`)."""
+    if our_name == "pos_emb":
+        return value.flip(-1).unsqueeze(0)  # column dist - 1  ->  1 x d_h x L, column j = distance L - j
+    return value
+
+
+def our_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Our state dict's shapes for `cfg` (built on the meta device: no memory, no init)."""
     with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in build_model(cfg).state_dict().items()}
+        return {k: tuple(v.shape) for k, v in build_model(cfg).state_dict().items()}
+
+
+# ---------------------------------------------------------------- theirs -> ours
+
+
+def convert(their_state: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
+    """Their state dict -> ours (float32) for `cfg`, every key of their layout checked:
+    no key missing or unexpected, shapes, tied copies equal to their originals, constant buffers."""
+    layout = authors_layout(cfg)
+    state = _strip_prefix(their_state)
+    _check_keys(state, layout, cfg)
+    shapes = our_shapes(cfg)
     ours: dict[str, Tensor] = {}
+    for key, role, source in layout:
+        value = state[key]
+        if role == PARAM:
+            tensor = our_tensor(source, value)
+            if tuple(tensor.shape) != shapes[source]:
+                raise UserError(f"{key}: shape {tuple(value.shape)} does not fit {source} {shapes[source]} of the config")
+            ours[source] = tensor.detach().clone().float()
+        elif role == COPY:
+            _check_tied(key, value, source, state[source])
+        else:
+            _check_template(key, value, cfg.attn_span)
+    missing = [name for name in shapes if name not in ours]
+    if missing:  # a tensor of ours that their layout does not provide
+        raise UserError(f"the authors' layout has nothing for our {missing[0]} {shapes[missing[0]]}")
+    return {name: ours[name] for name in shapes}  # in our state-dict order
+
+
+def _strip_prefix(their_state: dict[str, Tensor]) -> dict[str, Tensor]:
+    state: dict[str, Tensor] = {}
     for key, value in their_state.items():
-        key = key.removeprefix("module.")
-        name = our_key(key)
-        if name is None:
-            continue
-        tensor = our_tensor(name, value)
-        if name not in expected:
-            raise UserError(f"{key} {tuple(value.shape)} has no place in a {cfg.variant} model of this config")
-        if tuple(tensor.shape) != expected[name]:
-            raise UserError(f"{key}: shape {tuple(value.shape)} does not fit {name} {expected[name]} of the config")
-        ours[name] = tensor.detach().clone().float()
-    missing = [k for k in expected if k not in ours]
+        name = key.removeprefix(PREFIX)
+        if name in state:
+            raise UserError(f"the authors' checkpoint holds {name!r} twice (with and without {PREFIX!r})")
+        if not isinstance(value, Tensor):
+            raise UserError(f"{key} in the authors' checkpoint is a {type(value).__name__}, not a tensor")
+        state[name] = value
+    return state
+
+
+def _check_keys(state: dict[str, Tensor], layout: list[Entry], cfg: ModelConfig) -> None:
+    expected = {e.key for e in layout}
+    for key, value in state.items():
+        if key not in expected:
+            raise UserError(f"unexpected key {key!r} {tuple(value.shape)} in the authors' checkpoint: "
+                            f"their {_describe(cfg)} has no such tensor")
+    for entry in layout:
+        if entry.key not in state:
+            target = f" (for our {entry.source})" if entry.role == PARAM else ""
+            raise UserError(f"the authors' checkpoint has nothing for {entry.key}{target}; "
+                            f"their {_describe(cfg)} has it")
+
+
+def _describe(cfg: ModelConfig) -> str:
+    parts = [cfg.variant, f"{cfg.num_layers} layers"]
+    if cfg.adaptive_span.enabled:
+        parts.append("adaptive span")
+    if cfg.output == "adaptive":
+        parts.append(f"adaptive I/O with cutoffs {cfg.adaptive_cutoffs}")
+    return "model of this config (" + ", ".join(parts) + ")"
+
+
+def _check_tied(key: str, value: Tensor, original_key: str, original: Tensor) -> None:
+    """A tied pair loads as one tensor, so its two copies must agree exactly."""
+    if value.shape != original.shape:
+        raise UserError(f"tied tensors differ in shape: {key} {tuple(value.shape)} vs {original_key} {tuple(original.shape)}")
+    if not torch.equal(value, original):
+        gap = (value.double() - original.double()).abs().max().item()
+        raise UserError(f"tied tensors disagree: {key} differs from {original_key} (max abs difference {gap:.3g}); "
+                        "their code shares one tensor, so this file is not a tied model")
+
+
+def _check_template(key: str, value: Tensor, span: int) -> None:
+    if tuple(value.shape) != (span,):
+        raise UserError(f"{key}: shape {tuple(value.shape)} does not fit the config's attn_span={span}")
+    if not torch.equal(value.float(), mask_template(span)):
+        raise UserError(f"{key} is not the constant 1-L .. 0 of their adaptive span")
+
+
+# ---------------------------------------------------------------- ours -> theirs
+
+
+def to_authors(ours: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
+    """Our state dict -> theirs (keys prefixed `module.`, their order), every tied copy the very
+    same tensor as its original (so it is saved once, as in their files)."""
+    layout = authors_layout(cfg)
+    _check_ours(ours, cfg)
+    theirs: dict[str, Tensor] = {}
+    for key, role, source in layout:
+        if role == PARAM:
+            tensor = their_tensor(source, ours[source].detach()).clone()
+        elif role == COPY:
+            tensor = theirs[PREFIX + source]
+        else:
+            tensor = mask_template(cfg.attn_span)
+        theirs[PREFIX + key] = tensor
+    return theirs
+
+
+def _check_ours(ours: dict[str, Tensor], cfg: ModelConfig) -> None:
+    shapes = our_shapes(cfg)
+    for name, value in ours.items():
+        if name not in shapes:
+            raise UserError(f"{name} {tuple(value.shape)} has no place in a {cfg.variant} model of this config")
+        if tuple(value.shape) != shapes[name]:
+            raise UserError(f"{name}: shape {tuple(value.shape)} does not fit the config's {shapes[name]}")
+    missing = [name for name in shapes if name not in ours]
     if missing:
-        raise UserError(f"the authors' checkpoint has nothing for {missing[0]} {expected[missing[0]]}")
-    return ours
+        raise UserError(f"the checkpoint has nothing for {missing[0]} {shapes[missing[0]]}")
+
+
+# ---------------------------------------------------------------- files
 
 
 def read_model_state(path: Path, hint: str = "") -> dict[str, Tensor]:
     """The `model` state dict of a {"model": ...} file (loaded with weights_only=True);
     a missing, unreadable or foreign file is a one-line UserError ending with `hint`."""
+    return read_checkpoint(path, hint)["model"]
+
+
+def read_checkpoint(path: Path, hint: str = "") -> dict:
+    """A whole {"model": state dict, ...} file (weights_only=True); one-line UserError otherwise."""
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise UserError(f"cannot read {path}: {str(err).splitlines()[0]}") from None
+        raise UserError(f"cannot read {path}: {(str(err).splitlines() or [type(err).__name__])[0]}") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict):
         raise UserError(f"{path} has no 'model' state dict{hint}")
-    return payload["model"]
+    return payload
 
 
 def read_their_checkpoint(path: Path) -> dict[str, Tensor]:
     return read_model_state(path, " (is it a checkpoint of the authors' code?)")
-
