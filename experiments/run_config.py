@@ -1,8 +1,9 @@
 """A run config: the sections of DESIGN §3 in one typed object, and its identity.
 
 `run_id = <name>-<first 8 hex of sha256(canonical JSON of the resolved config)>`,
-where fields that cannot change results (`name`, `grid`, the `slurm` section)
-are left out of the hash, so moving a run to another partition keeps its id.
+where fields that cannot change results (`name`, `grid`, the `slurm` and `log`
+sections: NOT_HASHED) are left out of the hash, so moving a run to another
+partition or turning tracking on keeps its id.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import yaml
 from experiments.config import build, load_config, parse_yaml, read_yaml_file, to_dict
 from experiments.data import DataConfig
 from experiments.evaluation import EvalConfig
+from experiments.log_config import LogConfig
 from experiments.optim import OptimConfig
 from experiments.resources import SlurmConfig
 from experiments.run_dir import PROJECT_ROOT
@@ -25,9 +27,10 @@ from experiments.train_config import TrainConfig
 from model.config import ModelConfig
 from model.errors import ConfigError, UserError
 
-NOT_HASHED = ("name", "grid", "slurm", "model.attention")
+NOT_HASHED = ("name", "grid", "slurm", "log", "model.attention")
 """Dotted paths left out of the run-id hash: they cannot change the trained model
-(`model.attention` picks an implementation of the same math: `model/fused_attention.py`)."""
+(`model.attention` picks an implementation of the same math: `model/fused_attention.py`;
+`log` says where curves are shown: `experiments/log_config.py`)."""
 
 
 @dataclass
@@ -44,6 +47,8 @@ class RunConfig:
     """Final full evaluation (experiments/evaluation.py)."""
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     """Resources of one run on a cluster (experiments/resources.py, interpreted by slurm/); not hashed."""
+    log: LogConfig = field(default_factory=LogConfig)
+    """Live tracking in TensorBoard / Weights & Biases (experiments/log_config.py); not hashed."""
     name: str = "run"
     """Short human-readable slug, the first part of the run id; not hashed."""
     grid: str = ""

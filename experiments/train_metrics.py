@@ -1,7 +1,8 @@
 """The trainer's metrics records (DESIGN §4) and the log lines beside them.
 
 Rank 0 appends each record to metrics.jsonl, the source of truth about a run's
-curves. A train record covers the updates since the previous one (the log
+curves, then hands it to the trackers the `log:` section enables
+(experiments/tracking.py). A train record covers the updates since the previous one (the log
 interval): its loss is their mean, its throughput their wall time.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from experiments.distributed import DistContext
 from experiments.evaluation import unit_value
 from experiments.run_config import RunConfig
 from experiments.run_dir import RunDir
+from experiments.tracking import Trackers
 from experiments.train_state import TrainState
 
 log = logging.getLogger("train")
@@ -26,7 +28,19 @@ class MetricsWriter:
         self.cfg, self.run_dir, self.ctx, self.unit = cfg, run_dir, ctx, unit
         self.attempt = 1
         """Attempt number written into every record."""
+        self.trackers = Trackers()
         self._interval_seconds = 0.0  # wall time of the current log interval: not checkpointed, as it is not reproducible
+
+    def open(self, attempt: int, state: TrainState) -> None:
+        """Start the records of attempt number `attempt`, resumed at `state`: opens the enabled
+        trackers on rank 0 (UserError when one's package is not installed)."""
+        self.attempt = attempt
+        if self.ctx.is_main:
+            self.trackers = Trackers.open(self.cfg, self.run_dir, state.step)
+
+    def close(self, status: str | None) -> None:
+        """End this attempt's tracking; `status` is the run's last status state (DONE, PENDING, ...)."""
+        self.trackers.close(status)
 
     def add_update(self, state: TrainState, loss: float, seconds: float) -> None:
         """Count one update (mean nll `loss` in nats, `seconds` of wall time) in the log interval."""
@@ -58,4 +72,6 @@ class MetricsWriter:
     def _write(self, state: TrainState, record: dict[str, Any]) -> None:
         if self.ctx.is_main:
             base = {"step": state.step, "tokens": state.tokens, "attempt": self.attempt, "time": time.time()}
-            self.run_dir.append_metrics({**base, **record})
+            record = {**base, **record}
+            self.run_dir.append_metrics(record)
+            self.trackers.log(record)

@@ -6,7 +6,7 @@ dev/test evaluation into eval.json). Each concern has its own module:
 
 - experiments/train_step.py        the update (forward/backward/clip over micro-batches)
 - experiments/train_eval.py        the partial validation and the final evaluation
-- experiments/train_metrics.py     metrics.jsonl records and log lines
+- experiments/train_metrics.py     metrics.jsonl records and log lines (and the trackers: tracking.py)
 - experiments/train_status.py      status.json
 - experiments/train_checkpoint.py  checkpoint contents, save and restore
 - experiments/interrupt.py         SIGTERM / SIGUSR2 turned into a stop at a step boundary
@@ -61,15 +61,19 @@ class Trainer:
         """Resume if possible, train through every stage, then evaluate fully.
         Returns early, status PENDING, when SIGTERM or SIGUSR2 stopped the run."""
         self.resume()
-        with self.interrupt:
-            finished = self._train_stages() and self._final_evaluation()
-        if finished:
-            self._set_status("DONE", "done")
+        self.metrics.open(self.status.attempt, self.state)
+        try:
+            with self.interrupt:
+                finished = self._train_stages() and self._final_evaluation()
+            if finished:
+                self._set_status("DONE", "done")
+        finally:
+            # DONE, PENDING when stopped by a signal (submitit's requeue exits through here), RUNNING on an error.
+            self.metrics.close(self.status.last_state)
 
     def resume(self) -> None:
         """Load the newest readable checkpoint, if any, and count this attempt."""
         attempt = self.status.next_attempt()
-        self.metrics.attempt = attempt
         restored = self.checkpoints.restore()
         if restored is not None:
             self.state, self.step.caches = restored
