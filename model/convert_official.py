@@ -68,7 +68,8 @@ PARAM, COPY, TEMPLATE = "param", "copy", "template"
 def authors_layout(cfg: ModelConfig) -> list[Entry]:
     """Every key of the authors' state dict for `cfg` (without the `module.` prefix), in their order."""
     if cfg.variant not in AUTHORS_VARIANTS:
-        raise UserError(f"variant {cfg.variant} does not exist in the authors' code (it has {' and '.join(AUTHORS_VARIANTS)})")
+        raise UserError(f"variant {cfg.variant} does not exist in the authors' code "
+                        f"(it has {' and '.join(AUTHORS_VARIANTS)})")
     entries = [Entry("key_pe", PARAM, "pos_emb")]
     entries += _adaptive_entries(cfg) if cfg.output == "adaptive" else _softmax_entries()
     for i in range(cfg.num_layers):
@@ -98,10 +99,13 @@ def _adaptive_entries(cfg: ModelConfig) -> list[Entry]:
 def _layer_entries(cfg: ModelConfig, p: str) -> list[Entry]:
     span = cfg.adaptive_span.enabled
     mask = f"{p}attn.attn.adaptive_span._mask."
-    entries = [Entry(mask + "current_val", PARAM, p + "attn.span.z"), Entry(mask + "mask_template", TEMPLATE, "")] if span else []
+    entries = []
+    if span:
+        entries += [Entry(mask + "current_val", PARAM, p + "attn.span.z"), Entry(mask + "mask_template", TEMPLATE, "")]
     if cfg.variant == "all_attention":
         pers = f"{p}attn.attn.persistent_memory."
-        entries += [Entry(pers + "key", PARAM, p + "attn.persistent.keys"), Entry(pers + "val", PARAM, p + "attn.persistent.values")]
+        entries += [Entry(pers + "key", PARAM, p + "attn.persistent.keys"),
+                    Entry(pers + "val", PARAM, p + "attn.persistent.values")]
         if span:  # their persistent memory holds the same AdaptiveSpan module
             entries += [Entry(pers + "adaptive_span._mask.current_val", COPY, mask + "current_val"),
                         Entry(pers + "adaptive_span._mask.mask_template", COPY, mask + "mask_template")]
@@ -216,7 +220,8 @@ def _describe(cfg: ModelConfig) -> str:
 def _check_tied(key: str, value: Tensor, original_key: str, original: Tensor) -> None:
     """A tied pair loads as one tensor, so its two copies must agree exactly."""
     if value.shape != original.shape:
-        raise UserError(f"tied tensors differ in shape: {key} {tuple(value.shape)} vs {original_key} {tuple(original.shape)}")
+        raise UserError(f"tied tensors differ in shape: {key} {tuple(value.shape)} "
+                        f"vs {original_key} {tuple(original.shape)}")
     if not torch.equal(value, original):
         gap = (value.double() - original.double()).abs().max().item()
         raise UserError(f"tied tensors disagree: {key} differs from {original_key} (max abs difference {gap:.3g}); "

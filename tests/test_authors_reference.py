@@ -272,7 +272,8 @@ def test_export_rebuilds_their_initial_file_exactly(case, fixtures, trained):
     for key, value in theirs["model"].items():
         assert mine["model"][key].dtype == value.dtype and torch.equal(mine["model"][key], value), key
     assert _storage_groups(mine["model"]) == _storage_groups(theirs["model"])
-    assert (mine["iter_no"], mine["scheduler_iter"], mine["logger"]) == (theirs["iter_no"], theirs["scheduler_iter"], theirs["logger"])
+    for entry in ("iter_no", "scheduler_iter", "logger"):
+        assert mine[entry] == theirs[entry], entry
     assert mine["optimizer"]["param_groups"] == theirs["optimizer"]["param_groups"]
     assert sorted(mine["optimizer"]["state"]) == sorted(theirs["optimizer"]["state"])
     for index, state in theirs["optimizer"]["state"].items():

@@ -32,7 +32,7 @@ def authors_layout(model, cfg: ModelConfig) -> dict:
         io, clusters = model.adaptive, range(len(cfg.adaptive_cutoffs) + 1)
         theirs.update({f"module.in_emb.emb_layers.{c}.weight": io.tables[c] for c in clusters})
         theirs.update({f"module.in_emb.emb_projs.{c}": io.projs[c] for c in clusters})
-        theirs.update({"module.out_emb.cluster_proj.weight": io.cluster.weight, "module.out_emb.cluster_proj.bias": io.cluster.bias})
+        theirs.update({f"module.out_emb.cluster_proj.{t}": getattr(io.cluster, t) for t in ("weight", "bias")})
         for c in clusters:
             theirs[f"module.out_emb.out_layers.{c}.weight"] = io.tables[c]
             theirs[f"module.out_emb.out_layers.{c}.bias"] = io.biases[c]
@@ -50,7 +50,8 @@ def _authors_layer(layer, cfg: ModelConfig, p: str) -> dict:
     theirs = {}
     if cfg.adaptive_span.enabled:
         theirs[f"{p}attn.attn.adaptive_span._mask.current_val"] = layer.attn.span.z
-        theirs[f"{p}attn.attn.adaptive_span._mask.mask_template"] = template = torch.linspace(1 - cfg.attn_span, 0, cfg.attn_span)
+        template = torch.linspace(1 - cfg.attn_span, 0, cfg.attn_span)  # their constant buffer
+        theirs[f"{p}attn.attn.adaptive_span._mask.mask_template"] = template
     if cfg.variant == "all_attention":
         theirs[f"{p}attn.attn.persistent_memory.key"] = layer.attn.persistent.keys
         theirs[f"{p}attn.attn.persistent_memory.val"] = layer.attn.persistent.values

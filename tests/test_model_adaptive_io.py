@@ -39,7 +39,9 @@ def test_head_is_computed_from_the_projected_state_and_tails_read_columns_from_t
     h = torch.randn(5, 16, generator=gen, dtype=torch.float64)
     with torch.no_grad():
         x0 = h @ io.projs[0]  # n x d_0: P_0^T h
-        head = torch.log_softmax(torch.cat([x0 @ io.tables[0].t() + io.biases[0], x0 @ io.cluster.weight.t() + io.cluster.bias], -1), -1)
+        shortlist = x0 @ io.tables[0].t() + io.biases[0]  # n x 7
+        clusters = x0 @ io.cluster.weight.t() + io.cluster.bias  # n x 3, from P_0^T h as well
+        head = torch.log_softmax(torch.cat([shortlist, clusters], -1), -1)
         full = io.log_probs(h)
     assert [io.head_column(i) for i in (1, 2, 3)] == [9, 8, 7]
     torch.testing.assert_close(full[:, :7], head[:, :7])
