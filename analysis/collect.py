@@ -33,7 +33,7 @@ import pandas as pd
 import yaml
 
 from analysis.aggregate import left_out_note
-from analysis.inputs import RUN_MARKER, add_inputs_argument, resolve_run_dirs
+from analysis.inputs import RUN_MARKER, add_inputs_argument, resolve_run_dirs, selection
 from experiments.atomic import atomic_write_text
 from experiments.cli import run_cli
 from experiments.metrics import scan_metrics
@@ -82,12 +82,13 @@ def collect_curves(dirs: Iterable[str | os.PathLike]) -> pd.DataFrame:
     return curves.sort_values(["grid", "run_id", "split", "step"], kind="stable").reset_index(drop=True)
 
 
-def load_runs(inputs: Sequence[str | os.PathLike]) -> pd.DataFrame:
-    """The runs frame of the command-line inputs (run folders or GRID.yaml files).
+def load_runs(inputs: Sequence[str | os.PathLike], **chosen: Any) -> pd.DataFrame:
+    """The runs frame of the command-line inputs (run folders or GRID.yaml files); `chosen`
+    are resolve_run_dirs' root/overrides/only (analysis.inputs.selection(args)).
 
     Says on stderr which runs have no final evaluation: every command leaves them out.
     """
-    runs = unique_runs(collect_runs(resolve_run_dirs(inputs)))
+    runs = unique_runs(collect_runs(resolve_run_dirs(inputs, **chosen)))
     print_notes(runs)
     note = left_out_note(runs)
     if note:
@@ -318,8 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_inputs_argument(parser)
     parser.add_argument("--out", type=Path, help="output folder (default results/<grid>, or results/collected)")
     args = parser.parse_args(argv)
-    dirs = resolve_run_dirs(args.inputs)
-    runs = unique_runs(collect_runs(dirs))
+    runs = unique_runs(collect_runs(resolve_run_dirs(args.inputs, **selection(args))))
     print_notes(runs)
     curves = collect_curves(runs["run_dir"].map(Path))
     grids = sorted(runs["grid"].astype(str).unique())

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 
 from analysis.aggregate import evaluated, one_corpus, seed_summary
 from analysis.collect import load_runs
-from analysis.inputs import add_inputs_argument
+from analysis.inputs import add_inputs_argument, selection
 from analysis.published import load_published
 from experiments.atomic import atomic_write_bytes, atomic_write_text
 from model.errors import UserError
@@ -233,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--published", action=argparse.BooleanOptionalAction, default=True,
                         help="overlay published numbers (default on)")
     args = parser.parse_args(argv)
-    data = figure2_data(load_runs(args.inputs), load_published() if args.published else None)
+    data = figure2_data(load_runs(args.inputs, **selection(args)), load_published() if args.published else None)
     for path in write_figure2(data, args.out_dir, args.published):
         print(f"wrote {path}")
     return 0

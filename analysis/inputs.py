@@ -27,7 +27,7 @@ def add_inputs_argument(parser: argparse.ArgumentParser, required: bool = True) 
     """Add the positional DIR_OR_GRID... argument shared by the analysis commands, with the
     --root, --set and --only that select a GRID.yaml's runs."""
     parser.add_argument(
-        "inputs", nargs="+" if required else "*", metavar="DIR_OR_GRID", action=_InputsAction,
+        "inputs", nargs="+" if required else "*", metavar="DIR_OR_GRID",
         help="run directory, folder of run directories (searched recursively), or GRID.yaml (its submitted runs)",
     )
     parser.add_argument("--root", type=Path, default=None,
@@ -35,50 +35,29 @@ def add_inputs_argument(parser: argparse.ArgumentParser, required: bool = True) 
     add_selection_arguments(parser, purpose="analyse")
 
 
-class InputArg(str):
-    """A command-line input that remembers the namespace it was parsed into, so that
-    `resolve_run_dirs(args.inputs)` sees the --root/--set/--only given anywhere on the line."""
-
-    namespace: argparse.Namespace
-
-    def __new__(cls, value: str, namespace: argparse.Namespace) -> "InputArg":
-        item = super().__new__(cls, value)
-        item.namespace = namespace
-        return item
-
-
-class _InputsAction(argparse.Action):
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
-        setattr(namespace, self.dest, [InputArg(str(v), namespace) for v in values or []])
+def selection(args: argparse.Namespace) -> dict[str, Any]:
+    """The --root/--set/--only parsed by add_inputs_argument, as keywords of resolve_run_dirs."""
+    return {"root": args.root, "overrides": args.set, "only": args.only}
 
 
 def resolve_run_dirs(inputs: Sequence[str | os.PathLike], root: str | os.PathLike | None = None,
                      overrides: Sequence[str] | None = None, only: Sequence[str] | None = None) -> list[Path]:
     """The run directories named by `inputs`, each once, in input order.
 
-    `root`, `overrides` (--set) and `only` (--only) select the runs of GRID.yaml inputs; when
-    not given, those parsed with the inputs (add_inputs_argument) apply.
+    `root` (default runs/), `overrides` (--set) and `only` (--only) select the runs of
+    GRID.yaml inputs; folders are read whole. Raises UserError for a missing input, or
+    --set/--only given with no GRID.yaml input.
     """
-    items = [(Path(item), _selection(item, root, overrides, only)) for item in inputs]
-    if any(chosen["overrides"] or chosen["only"] for _, chosen in items) and not any(
-            path.suffix in GRID_SUFFIXES for path, _ in items):
+    paths = [Path(item) for item in inputs]
+    overrides, only = list(overrides or []), list(only or [])
+    if (overrides or only) and not any(path.suffix in GRID_SUFFIXES for path in paths):
         raise UserError("--set and --only select the runs of a GRID.yaml input; folders are read whole "
                         "(name the grid file instead)")
     found: dict[Path, None] = {}
-    for path, chosen in items:
-        for run_dir in _run_dirs_of(path, **chosen):
+    for path in paths:
+        for run_dir in _run_dirs_of(path, root, overrides, only):
             found.setdefault(run_dir.resolve(), None)
     return list(found)
-
-
-def _selection(item: str | os.PathLike, root: str | os.PathLike | None, overrides: Sequence[str] | None,
-               only: Sequence[str] | None) -> dict[str, Any]:
-    """The explicit arguments, else those parsed with the item, else none."""
-    parsed = getattr(item, "namespace", None)
-    return {"root": root if root is not None else getattr(parsed, "root", None),
-            "overrides": list(overrides if overrides is not None else getattr(parsed, "set", None) or []),
-            "only": list(only if only is not None else getattr(parsed, "only", None) or [])}
 
 
 def scan_run_dirs(root: Path) -> list[Path]:

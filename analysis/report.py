@@ -18,7 +18,7 @@ import pandas as pd
 
 from analysis.aggregate import evaluated, one_corpus, seed_summary
 from analysis.collect import load_runs
-from analysis.inputs import add_inputs_argument
+from analysis.inputs import add_inputs_argument, selection
 from analysis.render import fmt_count, fmt_delta, fmt_mean_std, fmt_value, latex_table, markdown_table
 from model.errors import UserError
 from experiments.cli import run_cli
@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--format", choices=FORMATS, default="markdown")
     parser.add_argument("--metric", choices=("dev", "test"), default="dev", help="which split's score")
     args = parser.parse_args(argv)
-    runs = load_runs(args.inputs)
+    runs = load_runs(args.inputs, **selection(args))
     print(format_report(compare_variants(runs, args.baseline, args.metric), args.format), end="")
     return 0
 

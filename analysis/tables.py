@@ -20,7 +20,7 @@ import pandas as pd
 
 from analysis.aggregate import GROUP_KEY, differences
 from analysis.collect import collect_runs, load_runs
-from analysis.inputs import add_inputs_argument
+from analysis.inputs import add_inputs_argument, selection
 from analysis.published import SOURCES, load_published
 from analysis.render import fmt_count, fmt_delta, fmt_mean_std, fmt_published, latex_table, markdown_table
 from experiments.atomic import atomic_write_text
@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_inputs_argument(parser, required=False)
     parser.add_argument("--out-dir", type=Path, default=Path("results/tables"), help="default results/tables")
     args = parser.parse_args(argv)
-    runs = load_runs(args.inputs) if args.inputs else collect_runs([])
+    runs = load_runs(args.inputs, **selection(args)) if args.inputs else collect_runs([])
     for name, markdown in write_tables(runs, args.out_dir).items():
         print(markdown)
         print(f"wrote {args.out_dir / name}.md and .tex\n")

@@ -362,7 +362,7 @@ def test_selection_shows_the_submitted_runs_not_a_fresh_expansion(tmp_path: Path
 def test_grid_input_resolves_the_submitted_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
-    from analysis.inputs import add_inputs_argument
+    from analysis.inputs import add_inputs_argument, selection
 
     grid, root = _tiny_grid(tmp_path), tmp_path / "root"
     _record(grid, root, ["train.steps=3"], ["model.num_layers=1"])
@@ -375,7 +375,7 @@ def test_grid_input_resolves_the_submitted_runs(tmp_path: Path, capsys: pytest.C
     parser = argparse.ArgumentParser()
     add_inputs_argument(parser)
     args = parser.parse_args(["--set", "train.steps=5", str(grid), "--root", str(root), "--only", "model.num_layers=2"])
-    assert resolve_run_dirs(args.inputs) == [(root / "four" / second[1]).resolve()]
+    assert resolve_run_dirs(args.inputs, **selection(args)) == [(root / "four" / second[1]).resolve()]
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "1 submitted run(s) matching --set train.steps=5 --only model.num_layers=2" in err
     assert "submission(s) #2" in err and "#1" not in err
