@@ -5,7 +5,10 @@ are equal except the seed, on the same data (collect's `config_group`: the confi
 hash without the seed, plus the prepared corpus's name and checksum). Runs of the
 same model shape that differ anywhere else (steps, lr, corpus, ...) are separate
 points, and each such point's `differs` says which fields set it apart.
-Statistics are mean and sample standard deviation (ddof=1, NaN for one seed).
+Statistics are mean and sample standard deviation (ddof=1, NaN for one seed), and
+`ci`: the half-width of the two-sided 95% Student-t interval of the mean over seeds
+(t_{0.975, n-1} x std / sqrt(n), NaN for one seed), the interval every figure and
+claim in analysis/ uses.
 """
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ GROUP_KEY = "config_group"
 DATA_KEYS = ("data_name", "data_sha256")
 NOT_CONFIG = ("name", "grid", "train.seed", *NOT_HASHED)
 RESOURCE_COLUMNS = ("params_total", "flops_per_token", "tokens_per_s", "entropy_floor_bpc")
+CONFIDENCE = 0.95
+"""The coverage of every interval in the analysis (two-sided Student t)."""
 
 
 def only_value(runs: pd.DataFrame, column: str, what: str) -> Any:
@@ -89,10 +94,65 @@ def seed_summary(runs: pd.DataFrame, column: str) -> pd.DataFrame:
     if data:
         summary = summary.join(grouped[data].first())
     summary["differs"] = differences(grouped.first())
+    summary["ci"] = [interval_half_width(s, n) for s, n in zip(summary["std"], summary["n"])]
     summary = summary.reset_index()
     order = summary["variant"].map({v: i for i, v in enumerate(VARIANTS)})
     summary = summary.assign(_order=order).sort_values(["_order", "num_persistent", "num_layers"], kind="stable")
     return summary.drop(columns="_order").reset_index(drop=True)
+
+
+def runs_of(runs: pd.DataFrame, point: pd.Series) -> pd.DataFrame:
+    """The runs that seed_summary pooled into `point` (one of its rows)."""
+    chosen = pd.Series(True, index=runs.index)
+    for key in point_keys(runs):
+        value = point[key]
+        chosen &= runs[key].isna() if _is_nan(value) else runs[key] == value
+    return runs[chosen]
+
+
+def interval_half_width(std: float, n: int, confidence: float = CONFIDENCE) -> float:
+    """Half-width of the two-sided Student-t interval of a mean of `n` values with sample
+    standard deviation `std` (in the values' units); NaN when n < 2 (no spread to measure)."""
+    if n < 2 or _is_nan(std):
+        return math.nan
+    return t_quantile(int(n) - 1, confidence) * std / math.sqrt(n)
+
+
+def t_quantile(df: int, confidence: float = CONFIDENCE) -> float:
+    """t such that P(|T| <= t) = confidence for Student's T with `df` degrees of freedom
+    (df 1: 12.706, 2: 4.303, 9: 2.262 at 95%), by bisection on the exact CDF: scipy is not
+    a dependency of this project."""
+    if df < 1 or not 0 < confidence < 1:
+        raise ValueError(f"t_quantile needs df >= 1 and 0 < confidence < 1, got {df}, {confidence}")
+    low, high = 0.0, 1.0
+    while _t_central(high, df) < confidence:
+        low, high = high, 2 * high
+    for _ in range(200):
+        middle = (low + high) / 2
+        low, high = (middle, high) if _t_central(middle, df) < confidence else (low, middle)
+    return (low + high) / 2
+
+
+def _t_central(t: float, df: int) -> float:
+    """P(|T| <= t) for integer df: the closed forms of Abramowitz & Stegun 26.7.3 (odd df)
+    and 26.7.4 (even df), a finite series in cos(theta), theta = atan(t / sqrt(df))."""
+    theta = math.atan(t / math.sqrt(df))
+    cos2 = math.cos(theta) ** 2
+    if df % 2:
+        term, total = math.cos(theta), 0.0
+        for power in range(1, df - 1, 2):  # cos + 2/3 cos^3 + 2*4/(3*5) cos^5 + ... up to cos^(df-2)
+            total += term
+            term *= cos2 * (power + 1) / (power + 2)
+        return 2 / math.pi * (theta + math.sin(theta) * total)
+    term, total = 1.0, 0.0
+    for power in range(0, df - 1, 2):  # 1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ... up to cos^(df-2)
+        total += term
+        term *= cos2 * (power + 1) / (power + 2)
+    return math.sin(theta) * total
+
+
+def _is_nan(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def config_fields(frame: pd.DataFrame) -> list[str]:

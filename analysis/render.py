@@ -13,8 +13,11 @@ MISSING = "—"
 DECIMALS = {"bpc": 3, "ppl": 2}
 PUBLISHED_DECIMALS = {"bpc": 2, "ppl": 1}  # the precision the paper reports
 _LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-                   "_": r"\_", "{": r"\{", "}": r"\}", "±": r"$\pm$", "Δ": r"$\Delta$", "—": "---"}
+                   "_": r"\_", "{": r"\{", "}": r"\}", "±": r"$\pm$", "Δ": r"$\Delta$", "δ": r"$\delta$", "—": "---"}
 _SCALES = ((1e9, "G", 2), (1e6, "M", 2), (1e3, "k", 1))
+DATASET_NAMES = {"enwik8": "enwik8", "text8": "text8", "wikitext-103": "WikiText-103", "wikitext-2": "WikiText-2",
+                 "lexicon": "lexicon (synthetic)"}
+LEVELS = {"char": "characters", "word": "words"}
 
 
 def is_missing(value: object) -> bool:
@@ -45,16 +48,28 @@ def fmt_mean_std(mean: float, std: float, unit: str, n: int | None = None) -> st
     return f"{mean:.{DECIMALS[unit]}f}{spread}{seeds}"
 
 
-def fmt_count(value: float, signed: bool = False) -> str:
-    """A parameter, FLOP or token count with a k/M/G suffix, e.g. 38.50M."""
+def fmt_count(value: float, signed: bool = False, compact: bool = False) -> str:
+    """A parameter, FLOP or token count with a k/M/G suffix, e.g. 38.50M; `compact` drops
+    trailing zeros (200k, 38.5M)."""
     if is_missing(value):
         return MISSING
     sign = ("+" if value >= 0 else "-") if signed else ("-" if value < 0 else "")
     size = abs(value)
     for scale, suffix, decimals in _SCALES:
         if size >= scale:
-            return f"{sign}{size / scale:.{decimals}f}{suffix}"
+            number = f"{size / scale:.{decimals}f}"
+            return f"{sign}{number.rstrip('0').rstrip('.') if compact else number}{suffix}"
     return f"{sign}{size:.0f}"
+
+
+def dataset_label(dataset: str, data_name: object = None) -> str:
+    """A corpus as a reader knows it: 'WikiText-2 characters' for the `prepare text` corpus
+    'wikitext-2-char' (every such corpus has the dataset name 'text'), 'enwik8' for enwik8."""
+    name = data_name if dataset == "text" and isinstance(data_name, str) else dataset
+    base, _, level = name.rpartition("-")
+    if base and level in LEVELS:
+        return f"{DATASET_NAMES.get(base, base)} {LEVELS[level]}"
+    return DATASET_NAMES.get(name, name)
 
 
 def markdown_table(cells: pd.DataFrame) -> str:

@@ -7,6 +7,11 @@ Configurations that look alike (same variant, N and depth) but differ elsewhere
 (steps, lr, ...) are separate rows, with a `config` column saying what differs.
 
     python -m analysis.report DIR_OR_GRID... [--baseline VARIANT[:N]] [--format markdown|csv|latex] [--metric dev|test]
+
+With --claims it prints instead the paper's three claims tested on the runs (paired
+differences over seeds, 95% t-intervals, verdicts; the rules are in analysis/claims.py):
+
+    python -m analysis.report --claims DIR_OR_GRID... [--delta D] [--param-tolerance F] [--format ...]
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from typing import Sequence
 import pandas as pd
 
 from analysis.aggregate import evaluated, one_corpus, seed_summary
+from analysis.claims import PARAM_TOLERANCE, evaluate_claims, format_claims
 from analysis.collect import load_runs
 from analysis.inputs import add_inputs_argument, selection
 from analysis.render import fmt_count, fmt_delta, fmt_mean_std, fmt_value, latex_table, markdown_table
@@ -104,9 +110,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--baseline", default="transformer", help="variant or variant:N (default transformer)")
     parser.add_argument("--format", choices=FORMATS, default="markdown")
     parser.add_argument("--metric", choices=("dev", "test"), default="dev", help="which split's score")
+    parser.add_argument("--claims", action="store_true",
+                        help="test the paper's three claims instead (paired over seeds, 95%% t-interval, verdict)")
+    parser.add_argument("--delta", type=float, default=None,
+                        help="--claims: equivalence margin of claim (a) in the metric's units (default 0.02 bpc, 0.5 ppl)")
+    parser.add_argument("--param-tolerance", type=float, default=PARAM_TOLERANCE,
+                        help=f"--claims: relative difference still 'equal parameters' (default {PARAM_TOLERANCE:g})")
     args = parser.parse_args(argv)
     runs = load_runs(args.inputs, **selection(args))
-    print(format_report(compare_variants(runs, args.baseline, args.metric), args.format), end="")
+    if args.claims:
+        table = evaluate_claims(runs, args.delta, args.param_tolerance, args.metric)
+        print(format_claims(table, args.format), end="")
+    else:
+        print(format_report(compare_variants(runs, args.baseline, args.metric), args.format), end="")
     return 0
 
 
