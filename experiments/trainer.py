@@ -50,11 +50,11 @@ class Trainer:
         # Each rank draws its own dropout masks; rank 0 of a 1-process run is unchanged.
         torch.manual_seed(cfg.train.seed + ctx.rank)
         self.state = TrainState()
-        self.step = TrainStep(cfg, self.model, corpus.split("train"), ctx)
+        self.updater = TrainStep(cfg, self.model, corpus.split("train"), ctx)
         self.evaluation = TrainEvaluation(cfg, self.model, corpus, run_dir, ctx)
         self.metrics = MetricsWriter(cfg, run_dir, ctx, corpus.unit)
         self.status = StatusWriter(run_dir, ctx)
-        self.checkpoints = Checkpointer(run_dir.checkpoints, cfg.config_hash, self.model, self.step.optimizer, ctx)
+        self.checkpoints = Checkpointer(run_dir.checkpoints, cfg.config_hash, self.model, self.updater.optimizer, ctx)
         self.interrupt = InterruptFlag()
 
     def run(self) -> None:
@@ -76,15 +76,15 @@ class Trainer:
         attempt = self.status.next_attempt()
         restored = self.checkpoints.restore()
         if restored is not None:
-            self.state, self.step.caches = restored
+            self.state, self.updater.caches = restored
             log.info("resumed from step %d (attempt %d)", self.state.step, attempt)
 
     def train_step(self, lr_scale: float) -> float:
         """One optimizer update at the stage's `lr_scale`; the mean train nll in nats."""
-        return self.step(self.state, lr_scale)
+        return self.updater(self.state, lr_scale)
 
     def save_checkpoint(self) -> None:
-        self.checkpoints.save(self.state, self.step.caches)
+        self.checkpoints.save(self.state, self.updater.caches)
 
     def _train_stages(self) -> bool:
         """Train up to the end of the last stage; False when a signal stopped the run."""

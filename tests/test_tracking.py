@@ -110,7 +110,7 @@ def test_an_enabled_tracker_that_is_not_installed_is_a_one_line_error(corpus, tm
 
 def test_tensorboard_scalars_of_a_requeued_run_read_back_once_per_step(corpus, tmp_path):
     require("tensorboard")
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # optional: after require
 
     run_dir = tmp_path / "run"
     requeued_run(tracked_config(tmp_path, corpus, {"tensorboard": True}), run_dir, dict(os.environ))
@@ -129,7 +129,7 @@ def test_tensorboard_scalars_of_a_requeued_run_read_back_once_per_step(corpus, t
 def wandb_records(path: Path) -> Iterator[object]:
     """The protobuf records of a W&B transaction log (.wandb): LevelDB's log format after a
     7-byte W&B header; 32 KiB blocks of chunks, each with a 7-byte header (crc, length, type)."""
-    from wandb.proto import wandb_internal_pb2
+    from wandb.proto import wandb_internal_pb2  # optional: callers require("wandb") first
 
     data, block, position, pending = path.read_bytes(), 32768, 7, b""
     assert data[:4] == b":W&B", path
