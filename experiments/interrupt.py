@@ -6,6 +6,12 @@ flag after each update, writes a checkpoint, then acts on the signal: SIGUSR2
 goes to the handler installed before (submitit's, which requeues the SLURM job
 and exits); otherwise the run stops and the command exits with 128 + signal
 number. A later attempt resumes from that checkpoint.
+
+The time-limit signal is whatever SLURM was told to send (`--signal=SIG@N`):
+USR2 by default, another one when a site sets submitit's SUBMITIT_PREEMPT_SIGNAL
+or a cluster profile names one. `register_requeue_signal(signum)` (called by the
+SLURM job before training starts) makes every InterruptFlag entered afterwards
+treat that signal like SIGUSR2.
 """
 from __future__ import annotations
 
@@ -15,19 +21,52 @@ from types import FrameType
 from experiments.distributed import DistContext
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+"""The signals always trapped; `stop_signals()` adds the registered time-limit signals."""
+
+_REQUEUE_EXTRA: list[int] = []
+
+
+def register_requeue_signal(signum: int) -> None:
+    """Trap `signum` like SIGUSR2: checkpoint at the next step boundary, then hand it to the
+    handler installed before (submitit's requeue). Every rank must register the same signals
+    (they are agreed on by position). SIGTERM, SIGKILL, SIGSTOP and SIGINT cannot be registered."""
+    signum = signal.Signals(signum)
+    if signum in (signal.SIGTERM, signal.SIGKILL, signal.SIGSTOP, signal.SIGINT, signal.SIGCONT):
+        raise ValueError(f"{signum.name} cannot be a time-limit signal")
+    if signum not in SIGNALS and signum not in _REQUEUE_EXTRA:
+        _REQUEUE_EXTRA.append(signum)
+
+
+def unregister_requeue_signal(signum: int) -> None:
+    """Undo `register_requeue_signal` (flags entered later no longer trap `signum`)."""
+    if signum in _REQUEUE_EXTRA:
+        _REQUEUE_EXTRA.remove(signum)
+
+
+def requeue_signals() -> tuple[int, ...]:
+    """The time-limit signals: SIGUSR2 and the registered ones."""
+    return (signal.SIGUSR2, *_REQUEUE_EXTRA)
+
+
+def stop_signals() -> tuple[int, ...]:
+    """Every signal an InterruptFlag traps, in the order ranks agree on them."""
+    return (*SIGNALS, *_REQUEUE_EXTRA)
 
 
 class InterruptFlag:
-    """While entered, records SIGTERM and SIGUSR2 instead of acting on them; the handlers before are restored on exit."""
+    """While entered, records SIGTERM, SIGUSR2 and the registered time-limit signals instead of
+    acting on them; the handlers before are restored on exit."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self.stopped_by: int | None = None
         self._previous: dict[int, object] = {}
         self._frame: FrameType | None = None
+        self._signals: tuple[int, ...] = stop_signals()
 
     def __enter__(self) -> "InterruptFlag":
-        for signum in SIGNALS:
+        self._signals = stop_signals()
+        for signum in self._signals:
             self._previous[signum] = signal.signal(signum, self._record)
         return self
 
@@ -42,14 +81,14 @@ class InterruptFlag:
     def agreed(self, ctx: DistContext) -> int | None:
         """The signal to stop at after this step, the same on every rank (a collective call):
         ranks receive a signal at different steps, and all must checkpoint the same one."""
-        received = ctx.all_reduce_sum([float(self.signum == s) for s in SIGNALS])
-        return next((s for s, count in zip(SIGNALS, received) if count > 0), None)
+        received = ctx.all_reduce_sum([float(self.signum == s) for s in self._signals])
+        return next((s for s, count in zip(self._signals, received) if count > 0), None)
 
     def forward(self, signum: int) -> bool:
         """Hand `signum` (this step's signal, agreed by every rank) on. True when the run must stop."""
         self.signum = None
         previous = self._previous.get(signum)
-        if signum == signal.SIGUSR2 and callable(previous):
+        if signum in requeue_signals() and callable(previous):
             self.__exit__()
             previous(signum, self._frame)  # submitit's handler requeues the job and exits here
         # SIGTERM means SLURM is about to kill the job (scontrol requeue, preemption, scancel):

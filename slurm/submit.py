@@ -1,16 +1,31 @@
 """Submit an ablation grid; never redo finished work, never block the terminal.
 
-    python -m slurm.submit GRID.yaml (--cluster NAME | --executor local) [--dry-run] [--force]
+    python -m slurm.submit GRID.yaml (--cluster NAME|PROFILE.yaml | --executor local) [--dry-run] [--force]
                           [--only key=value ...] [--set key=value ...] [--max-parallel K]
                           [--root DIR] [--wait]
 
-Every config of the grid is validated before anything is submitted. Each run is
-classified DONE (skipped), ACTIVE (a live job already has it: skipped) or
-SUBMIT. Runs with the same resources go into one job array throttled to K at a
-time; the command returns as soon as `sbatch` has answered, after recording the
-submission (its --set/--only, and run -> job id) in `<root>/<grid>/manifest.json`,
-which `slurm.status` and the analysis commands read. `--executor local` takes the same
-path through submitit's local executor (jobs run as background processes here).
+Every config of the grid is validated, and checked against its prepared data and
+process count (experiments/contract.py), before anything is submitted or written:
+the first mismatch is refused in one line (exit 2). Each run is classified DONE
+(skipped), ACTIVE (a live job already has it: skipped) or SUBMIT. The plan shows,
+per run, the time limit each attempt gets (and why, when the profile cuts the
+request), the expected number of attempts, the memory estimate per device against
+the profile's GPU (or the job's) memory, and the estimated GPU-hours with the
+throughput figure used and its source; then the requeue policy. Runs with the
+same resources go into one job array throttled to K at a time; the command returns
+as soon as `sbatch` has answered, after recording the submission (its --set/--only,
+and run -> job id) in `<root>/<grid>/manifest.json`, which `slurm.status` and the
+analysis commands read.
+
+`--executor local` takes the same path through submitit's local executor (jobs run
+as background processes here), K at a time (default: this machine's cores divided by
+the cores a run asks for). There is no scheduler to hold the queue, so this command
+does: it stays until the last run has *started* (with `--wait`, until every run has
+ended), and returns at once when all fit. Interrupting it leaves the runs not yet
+started unsubmitted (`slurm.status` shows them so; submitting again starts them).
+
+`--force` reruns DONE runs: the old directory moves to `<root>/<grid>/.replaced/<run_id>-<time>/`,
+out of the grid's runs (analysis reads the manifest's runs, and counts copies once).
 """
 from __future__ import annotations
 
@@ -19,13 +34,14 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import submitit
 
 from experiments.atomic import atomic_write_text
+from experiments.contract import check_run, planned_processes
 from experiments.grid import DEFAULT_ROOT, Grid, load_grid
 from experiments.manifest import add_selection_arguments
 from experiments.run_config import RunConfig
@@ -34,8 +50,12 @@ from experiments.train import prepare_run_dir
 from model.errors import UserError
 from experiments.cli import run_cli
 from slurm import manifest
-from slurm.job import TrainingJob
-from slurm.profile import ClusterProfile, load_profile
+from slurm.job import MAX_NUM_TIMEOUT, TrainingJob
+from slurm.profile import ClusterProfile, load_profile, profile_label
+
+REPLACED = ".replaced"
+"""Folder of the grid's folder where --force moves the runs it replaces."""
+GiB = 2**30
 
 
 @dataclass
@@ -44,6 +64,22 @@ class PlannedRun:
     run_dir: RunDir
     state: str  # DONE | ACTIVE | SUBMIT
     gpu_hours: float
+    attempt_min: int = 0
+    """The time limit each attempt is granted (the request, or the profile's maximum)."""
+    expected_attempts: int = 1
+    memory_bytes: int = 0
+    """Estimated memory of one process (one GPU, or one CPU task)."""
+    memory_limit_bytes: int | None = None
+    """What one process may use: the profile's GPU memory, or the job's memory per task; None: unknown."""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def time_cut(self) -> bool:
+        return self.attempt_min < self.cfg.slurm.timeout_min
+
+    @property
+    def memory_fits(self) -> bool | None:
+        return None if self.memory_limit_bytes is None else self.memory_bytes <= self.memory_limit_bytes
 
 
 def estimate_gpu_hours(cfg: RunConfig, profile: ClusterProfile) -> float:
@@ -55,11 +91,50 @@ def estimate_gpu_hours(cfg: RunConfig, profile: ClusterProfile) -> float:
     return flops / (profile.achieved_tflops_per_gpu * 1e12) / 3600
 
 
+def devices(cfg: RunConfig) -> int:
+    """Processes (one per GPU, or per CPU task) the run is spread over."""
+    return planned_processes(cfg)
+
+
+def estimate_memory_bytes(cfg: RunConfig) -> int:
+    """One process: fp32 weights, gradients and optimizer state (Adagrad 1, Adam 2 tensors per
+    weight) plus `model.summary`'s activation estimate for its micro-batch. An estimate."""
+    from model.summary import activation_bytes, count_parameters
+
+    params = count_parameters(cfg.model)["params_total"]
+    states = 2 if cfg.optim.name == "adam" else 1
+    rows = max(1, cfg.train.batch_size // devices(cfg) // cfg.train.batch_split)
+    return 4 * params * (2 + states) + activation_bytes(cfg.model, rows, cfg.train.block_size)
+
+
+def memory_limit_bytes(cfg: RunConfig, profile: ClusterProfile) -> int | None:
+    if cfg.slurm.gpus_per_node:
+        return None if profile.gpu_mem_gb is None else int(profile.gpu_mem_gb * GiB)
+    return int(cfg.slurm.mem_gb * GiB / cfg.slurm.tasks_per_node)
+
+
+def expected_attempts(cfg: RunConfig, profile: ClusterProfile, gpu_hours: float, attempt_min: int) -> int:
+    """Attempts the estimate needs: wall time over what an attempt trains (its limit less the signal lead)."""
+    wall_min = 60 * gpu_hours / devices(cfg)
+    usable_min = max(1.0, attempt_min - profile.signal_delay_s / 60)
+    return max(1, math.ceil(wall_min / usable_min))
+
+
 def plan(grid: Grid, root: Path, profile: ClusterProfile, force: bool) -> list[PlannedRun]:
+    """Classify every run; refuses (UserError) the first run that cannot work, before anything is written."""
+    warnings: dict[str, None] = {}
+    for cfg in grid.runs:
+        check_time_limit(cfg, profile)
+        try:
+            for w in check_run(cfg, planned_processes(cfg), data_elsewhere=profile.data_elsewhere):
+                warnings.setdefault(w, None)
+        except UserError as err:
+            raise UserError(f"run {cfg.run_id}: {err}") from None
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
     live = manifest.live_runs(root / grid.name)
     planned = []
     for cfg in grid.runs:
-        check_time_limit(cfg, profile)
         run_dir = RunDir(grid.run_dir(cfg, root))
         if run_dir.path.name in live:
             state = "ACTIVE"
@@ -67,7 +142,11 @@ def plan(grid: Grid, root: Path, profile: ClusterProfile, force: bool) -> list[P
             state = "DONE"
         else:
             state = "SUBMIT"
-        planned.append(PlannedRun(cfg, run_dir, state, estimate_gpu_hours(cfg, profile)))
+        hours = estimate_gpu_hours(cfg, profile)
+        attempt_min = min(cfg.slurm.timeout_min, profile.max_time_min)
+        planned.append(PlannedRun(cfg, run_dir, state, hours, attempt_min,
+                                  expected_attempts(cfg, profile, hours, attempt_min),
+                                  estimate_memory_bytes(cfg), memory_limit_bytes(cfg, profile)))
     return planned
 
 
@@ -86,32 +165,85 @@ def shape_of(cfg: RunConfig) -> tuple:
     return (s.nodes, s.gpus_per_node, s.cpu_tasks_per_node, s.cpus_per_task, s.mem_gb, s.timeout_min)
 
 
-def print_table(planned: list[PlannedRun]) -> None:
-    print(f"{'run':<58} {'state':<7} {'nodes x gpus':>12} {'est. GPU-h':>11}")
+def _gb(n: int | None) -> str:
+    return "?" if n is None else f"{n / GiB:.1f}" if n >= GiB / 10 else f"{n / GiB:.2g}"
+
+
+def print_table(planned: list[PlannedRun], profile: ClusterProfile | None = None, label: str = "",
+                local: bool = False) -> None:
+    """The plan: one line per run (a '*' marks a cut time limit, a '!' memory that does not fit),
+    then what the marks mean, the throughput behind the estimates and the requeue policy."""
+    print(f"{'run':<58} {'state':<7} {'nodes x gpus':>12} {'limit min':>10} {'attempts':>8} "
+          f"{'mem GB/dev':>12} {'est. GPU-h':>11}")
     for p in planned:
         s = p.cfg.slurm
-        print(f"{p.run_dir.path.name:<58} {p.state:<7} {f'{s.nodes} x {s.gpus_per_node}':>12} {p.gpu_hours:>11.2f}")
+        limit = f"{p.attempt_min}{'*' if p.time_cut else ''}"
+        fits = p.memory_fits
+        memory = f"{_gb(p.memory_bytes)}/{_gb(p.memory_limit_bytes)}{'!' if fits is False else ''}"
+        print(f"{p.run_dir.path.name:<58} {p.state:<7} {f'{s.nodes} x {s.gpus_per_node}':>12} {limit:>10} "
+              f"{f'~{p.expected_attempts}':>8} {memory:>12} {p.gpu_hours:>11.2f}")
     counts = {k: sum(p.state == k for p in planned) for k in ("DONE", "ACTIVE", "SUBMIT")}
     total = sum(p.gpu_hours for p in planned if p.state == "SUBMIT")
     print(f"{len(planned)} runs: {counts['DONE']} done, {counts['ACTIVE']} active, "
           f"{counts['SUBMIT']} to submit ({total:.1f} GPU-hours estimated)")
+    if profile is not None:
+        for line in plan_notes(planned, profile, label, local):
+            print(line)
+
+
+def plan_notes(planned: list[PlannedRun], profile: ClusterProfile, label: str, local: bool) -> list[str]:
+    """What the table's figures rest on, and where they do not fit."""
+    notes = []
+    for request in sorted({p.cfg.slurm.timeout_min for p in planned if p.time_cut}):
+        cut = [p for p in planned if p.cfg.slurm.timeout_min == request]
+        notes.append(f"time limit*: {len(cut)} run(s) ask slurm.timeout_min={request}, more than {label}'s "
+                     f"max_time_min={profile.max_time_min}: each attempt gets {profile.max_time_min} min and the "
+                     "run continues from its checkpoint in further attempts")
+    for p in planned:
+        if p.memory_fits is False:
+            what = (f"the profile's GPU memory (gpu_mem_gb={profile.gpu_mem_gb:g})" if p.cfg.slurm.gpus_per_node
+                    else f"slurm.mem_gb={p.cfg.slurm.mem_gb} per node over {p.cfg.slurm.tasks_per_node} task(s)")
+            notes.append(f"warning: {p.run_dir.path.name} needs ~{_gb(p.memory_bytes)} GB per process (estimate), "
+                         f"more than {what}: use more GPUs, train.batch_split, or a smaller batch")
+    if any(p.cfg.slurm.gpus_per_node for p in planned) and profile.gpu_mem_gb is None:
+        notes.append(f"memory: {label} does not say its GPUs' memory (gpu_mem_gb): not checked")
+    notes.append("memory: fp32 weights, gradients, optimizer state and model.summary's activation estimate per "
+                 "process; GB = 2^30 bytes")
+    source = profile.throughput_source or "a guess, not measured (set throughput_source)"
+    notes.append(f"estimates: model FLOPs / {profile.achieved_tflops_per_gpu:g} TFLOP/s per device "
+                 f"(achieved_tflops_per_gpu in {label}; source: {source}); attempts = estimated wall time / "
+                 f"(limit - {profile.signal_delay_s} s signal lead)")
+    if local:
+        notes.append("requeue: local executor: on the time limit the run checkpoints and submitit restarts it "
+                     "(at most 6 times per job); SIGTERM (slurm.status --cancel) checkpoints and stops it")
+    else:
+        notes.append(f"requeue: --requeue; SIG{profile.time_limit_signal()} {profile.signal_delay_s} s before each "
+                     "limit: checkpoint, then requeued as long as the attempt advanced the checkpointed step; "
+                     f"after {profile.max_stalled_attempts} attempts in a row without progress the run stops "
+                     "as STALLED (resubmit to continue); SIGTERM (preemption, scancel, scontrol requeue): "
+                     "checkpoint and stop, SLURM requeues it when it preempted or requeued it")
+    return notes
 
 
 def make_executor(grid_dir: Path, cfg: RunConfig, runs: list[PlannedRun], profile: ClusterProfile,
                   local: bool, max_parallel: int) -> submitit.Executor:
-    """An executor for runs that share `cfg`'s resources; logs go to <grid_dir>/.submitit/<job id>/."""
+    """An executor for runs that share `cfg`'s resources; logs go to <grid_dir>/.submitit/<job id>/.
+
+    submitit's limit on timeouts is set out of reach: TrainingJob.checkpoint requeues on progress."""
     s = cfg.slurm
     attempt_min = min(s.timeout_min, profile.max_time_min)
-    longest_h = max(p.gpu_hours / max(1, s.gpus_per_node * s.nodes) for p in runs)
-    # Enough requeues to finish the longest run, plus slack for preemptions.
-    max_timeouts = math.ceil(60 * longest_h / attempt_min) + 2
     executor = submitit.AutoExecutor(folder=grid_dir / ".submitit" / "%j", cluster="local" if local else "slurm",
-                                     slurm_max_num_timeout=max_timeouts, local_max_num_timeout=max_timeouts)
+                                     slurm_max_num_timeout=MAX_NUM_TIMEOUT, local_max_num_timeout=MAX_NUM_TIMEOUT)
     params = dict(name=grid_dir.name, timeout_min=attempt_min, nodes=s.nodes,
                   tasks_per_node=s.tasks_per_node, cpus_per_task=s.cpus_per_task, mem_gb=s.mem_gb)
     if not local:
+        # --requeue: a site whose default is no requeue would otherwise end the run at its first time limit.
+        extra: dict[str, object] = {"requeue": True}
+        if profile.stop_signal:
+            extra["signal"] = f"{profile.stop_signal}@{profile.signal_delay_s}"
         params.update(slurm_partition=profile.partition, slurm_array_parallelism=max_parallel,
-                      slurm_signal_delay_s=profile.signal_delay_s, slurm_setup=list(profile.setup))
+                      slurm_signal_delay_s=profile.signal_delay_s, slurm_setup=list(profile.setup),
+                      slurm_additional_parameters=extra)
         params.update({f"slurm_{k}": getattr(profile, k) for k in ("account", "qos", "constraint") if getattr(profile, k)})
         if s.gpus_per_node and profile.gpu_flag == "gres":
             params.update(slurm_gres=f"gpu:{s.gpus_per_node}")
@@ -133,21 +265,37 @@ def sbatch_script(executor: submitit.Executor, array_size: int) -> str:
         inner.parameters.pop("map_count")
 
 
+def training_job(run_dir: RunDir, profile: ClusterProfile) -> TrainingJob:
+    """The pickled job: its run directory, the time-limit signal SLURM is told, the stall limit."""
+    return TrainingJob(run_dir.path, [profile.time_limit_signal()], max_stalled=profile.max_stalled_attempts)
+
+
 def submit_group(grid_dir: Path, runs: list[PlannedRun], executor: submitit.Executor,
-                 submission: manifest.Submission | None = None) -> list[submitit.Job]:
+                 submission: manifest.Submission | None = None,
+                 profile: ClusterProfile | None = None) -> list[submitit.Job]:
+    profile = profile or ClusterProfile(partition="")
     for p in runs:
         p.run_dir.path.mkdir(parents=True, exist_ok=True)
         prepare_run_dir(p.cfg, p.run_dir)
         p.run_dir.write_status("PENDING", stage="submitted", error=None)
     with submitit.helpers.clean_env():
         with executor.batch():
-            jobs = [executor.submit(TrainingJob(p.run_dir.path)) for p in runs]
+            jobs = [executor.submit(training_job(p.run_dir, profile)) for p in runs]
     manifest.record_jobs(grid_dir, submission or manifest.new_submission(),
                          [(p.run_dir.path.name, p.run_dir.path, job.job_id, index) for index, (p, job) in enumerate(zip(runs, jobs))],
                          executor.cluster)
+    if executor.cluster == "local":  # its job id is a pid: record what makes it unique
+        identities = {p.run_dir.path.name: {"job_id": job.job_id, "process": _identity(job.job_id)}
+                      for p, job in zip(runs, jobs)}
+        manifest.annotate(grid_dir, identities)
     for p, job in zip(runs, jobs):
         _link_logs(p.run_dir, Path(job.paths.folder))
     return jobs
+
+
+def _identity(pid: str) -> dict | None:
+    found = manifest.process_identity(pid)  # our child: alive or a zombie until reaped, never reused before
+    return None if found is None else {k: found[k] for k in ("pid", "start_ticks", "boot_id", "host")}
 
 
 def _link_logs(run_dir: RunDir, folder: Path) -> None:
@@ -158,28 +306,54 @@ def _link_logs(run_dir: RunDir, folder: Path) -> None:
     link.symlink_to(os.path.relpath(folder, run_dir.path))
 
 
-def _archive_for_rerun(run_dir: RunDir) -> None:
-    """--force keeps the previous results: the old directory is renamed, not deleted."""
-    if run_dir.path.exists():
-        run_dir.path.rename(run_dir.path.with_name(f"{run_dir.path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"))
+def _archive_for_rerun(run_dir: RunDir) -> Path | None:
+    """--force keeps the previous results out of the grid's runs: the old directory moves to
+    <grid>/.replaced/<run_id>-<time>/ (never deleted)."""
+    if not run_dir.path.exists():
+        return None
+    folder = run_dir.path.parent / REPLACED
+    folder.mkdir(exist_ok=True)
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    target = folder / f"{run_dir.path.name}-{stamp}"
+    n = 1
+    while target.exists():
+        n += 1
+        target = folder / f"{run_dir.path.name}-{stamp}-{n}"
+    run_dir.path.rename(target)
+    link = target / "slurm"  # relative link to <grid>/.submitit/<job>: one level deeper now
+    if link.is_symlink():
+        old = os.readlink(link)
+        link.unlink()
+        link.symlink_to(os.path.relpath(os.path.normpath(run_dir.path / old), target))
+    return target
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m slurm.submit", description=__doc__.split("\n")[0])
     parser.add_argument("grid", type=Path, help="grid YAML")
     where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--cluster", help="cluster profile in slurm/clusters/ (e.g. local)")
+    where.add_argument("--cluster", help="cluster profile: a name in slurm/clusters/ (e.g. local) or a YAML file")
     where.add_argument("--executor", choices=["local"], help="run on this machine through submitit's local executor")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and write the sbatch script; submit nothing")
-    parser.add_argument("--force", action="store_true", help="rerun DONE runs (their old directory is kept, renamed)")
-    parser.add_argument("--max-parallel", type=int, default=64, help="array throttle: runs at once (default 64)")
+    parser.add_argument("--force", action="store_true",
+                        help=f"rerun DONE runs (their old directory moves to <grid>/{REPLACED}/)")
+    parser.add_argument("--max-parallel", type=int, default=None,
+                        help="runs at once (SLURM: the array throttle, default 64; local executor: default "
+                             "this machine's cores // the cores a run asks for)")
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help=f"results root (default {DEFAULT_ROOT})")
     add_selection_arguments(parser, purpose="submit")
     parser.add_argument("--wait", action="store_true", help="wait for the submitted jobs and report how they ended")
     args = parser.parse_args(argv)
-    if args.max_parallel < 1:
+    if args.max_parallel is not None and args.max_parallel < 1:
         parser.error("--max-parallel must be >= 1")
     return args
+
+
+def local_parallel(planned: list[PlannedRun]) -> int:
+    """Runs at once on this machine: its cores over the most cores one run asks for."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_run = max((p.cfg.slurm.cpus_per_task * p.cfg.slurm.tasks_per_node for p in planned), default=1)
+    return max(1, cores // per_run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -188,34 +362,64 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not grid.runs:
         raise UserError(f"no run of {args.grid} matches {' '.join(args.only)}")
     local = args.executor == "local"
-    profile = load_profile("local" if local else args.cluster)
+    name = "local" if local else args.cluster
+    profile = load_profile(name)
     planned = plan(grid, args.root, profile, args.force)
-    print_table(planned)
+    to_submit = [p for p in planned if p.state == "SUBMIT"]
+    max_parallel = args.max_parallel or (local_parallel(to_submit) if local else 64)
+    print_table(planned, profile, profile_label(name), local)
     if args.dry_run:
-        return _dry_run(args.root / grid.name, planned, profile, local, args.max_parallel)
+        return _dry_run(args.root / grid.name, planned, profile, local, max_parallel)
     if "SLURM_JOB_ID" in os.environ and not local:
         print("warning: submitting from inside a SLURM allocation; the job's SLURM_* variables are cleared "
               "for the submission", file=sys.stderr)
     submission = manifest.new_submission(args.grid, args.set, args.only)
-    jobs = submit_planned(args.root / grid.name, planned, profile, local, args.max_parallel, args.force, submission)
+    jobs = submit_planned(args.root / grid.name, planned, profile, local, max_parallel, args.force, submission)
     return wait_for(jobs) if args.wait else 0
 
 
 def submit_planned(grid_dir: Path, planned: list[PlannedRun], profile: ClusterProfile, local: bool,
                    max_parallel: int, force: bool = False,
                    submission: manifest.Submission | None = None) -> list[submitit.Job]:
-    """Submit the runs planned SUBMIT, one array per resource shape, recorded in the manifest as one
-    submission (settings unknown when `submission` is None); returns their jobs."""
+    """Submit the runs planned SUBMIT, one array per resource shape (local: `max_parallel` at a time),
+    recorded in the manifest as one submission (settings unknown when `submission` is None); returns their jobs."""
     submission = submission or manifest.new_submission()
-    jobs = []
-    for shape_runs in _groups([p for p in planned if p.state == "SUBMIT"]).values():
-        if force:
-            for p in shape_runs:
-                _archive_for_rerun(p.run_dir)
-        executor = make_executor(grid_dir, shape_runs[0].cfg, shape_runs, profile, local, max_parallel)
-        jobs += submit_group(grid_dir, shape_runs, executor, submission)
+    to_submit = [p for p in planned if p.state == "SUBMIT"]
+    if force:
+        for p in to_submit:
+            _archive_for_rerun(p.run_dir)
+    if local:
+        jobs = _submit_local(grid_dir, to_submit, profile, max_parallel, submission)
+    else:
+        jobs = []
+        for shape_runs in _groups(to_submit).values():
+            executor = make_executor(grid_dir, shape_runs[0].cfg, shape_runs, profile, local, max_parallel)
+            jobs += submit_group(grid_dir, shape_runs, executor, submission, profile)
     ids = sorted({j.job_id.split("_")[0] for j in jobs})
     print(f"submitted {len(jobs)} runs" + (f": jobs {', '.join(ids)}" if jobs else ""))
+    return jobs
+
+
+def _submit_local(grid_dir: Path, runs: list[PlannedRun], profile: ClusterProfile, max_parallel: int,
+                  submission: manifest.Submission, poll_s: float = 1.0) -> list[submitit.Job]:
+    """Start `runs` through the local executor, at most `max_parallel` alive at once; returns
+    when the last one has started (see the module docstring)."""
+    if len(runs) > max_parallel:
+        print(f"local executor: {len(runs)} runs, {max_parallel} at a time: this command stays until the last "
+              "one has started (interrupted, the runs not started yet stay unsubmitted)", flush=True)
+    pending, running, jobs = list(runs), [], []
+    while pending:
+        running = [job for job in running if not job.done()]
+        while pending and len(running) < max_parallel:
+            p = pending.pop(0)
+            executor = make_executor(grid_dir, p.cfg, [p], profile, True, max_parallel)
+            (job,) = submit_group(grid_dir, [p], executor, submission, profile)
+            running.append(job)
+            jobs.append(job)
+            if len(runs) > max_parallel:
+                print(f"started {p.run_dir.path.name} (pid {job.job_id}; {len(jobs)} of {len(runs)})", flush=True)
+        if pending:
+            time.sleep(poll_s)
     return jobs
 
 
@@ -245,7 +449,9 @@ def wait_for(jobs: list[submitit.Job]) -> int:
             job.result()
         except Exception as err:  # noqa: BLE001 - report every failed run, then fail once
             failed += 1
-            print(f"job {job.job_id} failed: {_cause(str(err))} (log: {job.paths.stderr})", file=sys.stderr)
+            cause = _cause(str(err))
+            verb = "stopped" if cause.startswith(("RunStalled", "RunInterrupted")) else "failed"
+            print(f"job {job.job_id} {verb}: {cause} (log: {job.paths.stderr})", file=sys.stderr)
     print(f"{len(jobs) - failed} of {len(jobs)} runs finished")
     return 1 if failed else 0
 

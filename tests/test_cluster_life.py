@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import os
 import shutil
 import stat
@@ -73,7 +74,7 @@ def test_case05_the_sweep_finds_the_float_fields():
     # The sweep below is only as good as its introspection: it must see the nested sections.
     assert {"optim.lr", "optim.clip", "model.dropout", "model.adaptive_span.loss_coef",
             "train.finetune_lr_scale", "optim.adam_betas[0]"} <= set(RUN_FLOAT_FIELDS)
-    assert PROFILE_FLOAT_FIELDS == ["achieved_tflops_per_gpu"]
+    assert PROFILE_FLOAT_FIELDS == ["achieved_tflops_per_gpu", "gpu_mem_gb"]
 
 
 @pytest.mark.parametrize("value", NON_FINITE)
@@ -403,3 +404,316 @@ def test_case09_damaged_status_json_reads_as_pending_with_one_warning(tmp_path, 
     with pytest.warns(UserWarning, match="status.json: unreadable") as caught:
         status = run.read_status()
     assert status["state"] == "PENDING" and status["attempt"] == 0 and len(caught) == 1
+
+
+# ---------------------------------------------------------------- submission side (slurm/): cases 3, 4, 7, 12, 20, contract
+
+
+def _submit_cmd(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """slurm.submit's output through files, not pipes: jobs of the local executor inherit them and
+    outlive the command, so reading pipes to their end would wait for the jobs."""
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.run([sys.executable, "-m", "slurm.submit", *args], cwd=PROJECT_ROOT, stdout=out,
+                              stderr=err, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
+
+
+def _status_cmd(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "slurm.status", *args], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def lexicon(tmp_path_factory) -> Path:
+    from tests.helpers import prepare_lexicon
+
+    return prepare_lexicon(tmp_path_factory.mktemp("lexicon") / "lexicon")
+
+
+def _grid(folder: Path, corpus: Path, name: str, body: dict | None = None, **sections: dict) -> Path:
+    from tests.test_slurm import write_grid
+
+    return write_grid(folder, corpus, name, body or {}, **sections)
+
+
+def _done_run(grid: Path, root: Path) -> tuple[str, Path]:
+    """The grid's only run, left DONE (status and eval.json) in its run directory."""
+    from experiments.grid import load_grid
+    from experiments.run_dir import RunDir
+    from experiments.train import prepare_run_dir
+
+    (cfg,) = load_grid(grid).runs
+    run_dir = RunDir(root / grid.stem / cfg.run_id)
+    run_dir.path.mkdir(parents=True)
+    prepare_run_dir(cfg, run_dir)
+    run_dir.write_status("DONE", stage="done", step=cfg.train.steps, attempt=1)
+    run_dir.write_eval({"unit": "bpc", "valid": {"bpc": 2.0}, "test": {"bpc": 2.0}})
+    return cfg.run_id, run_dir.path
+
+
+def _record_local(grid_dir: Path, run_id: str, run_dir: Path, pid: int, process: dict | None) -> None:
+    from experiments.manifest import new_submission, record_jobs
+    from slurm import manifest
+
+    record_jobs(grid_dir, new_submission(None), [(run_id, run_dir, str(pid), 0)], "local")
+    if process is not None:
+        manifest.annotate(grid_dir, {run_id: {"job_id": str(pid), "process": process}})
+
+
+def test_case03_a_reused_pid_is_not_the_run_s_job(lexicon, tmp_path):
+    """A DONE local run whose recorded pid now belongs to an unrelated process: --force resubmits it
+    (not "active"), --cancel signals nothing and leaves it DONE; and a DONE run is never cancelled,
+    even while its own process is still alive."""
+    from slurm import manifest
+
+    grid = _grid(tmp_path, lexicon, "reuse")
+    root = tmp_path / "root"
+    run_id, run_dir = _done_run(grid, root)
+    grid_dir = root / "reuse"
+    stranger = subprocess.Popen(["sleep", "120"])
+    try:
+        real = manifest.process_identity(stranger.pid)
+        earlier = {k: real[k] for k in ("pid", "boot_id", "host")} | {"start_ticks": real["start_ticks"] - 1}
+        # the recorded process (same pid, started earlier), then a manifest written before identities were
+        for recorded in (earlier, None):
+            _record_local(grid_dir, run_id, run_dir, stranger.pid, recorded)
+            assert manifest.live_runs(grid_dir) == {}
+            plan = _submit_cmd(str(grid), "--root", str(root), "--executor", "local", "--force", "--dry-run")
+            assert plan.returncode == 0, plan.stderr
+            assert "0 active, 1 to submit" in plan.stdout
+            cancel = _status_cmd(str(grid), "--root", str(root), "--cancel")
+            assert cancel.returncode == 0 and "cancelled 0 of 1" in cancel.stdout, cancel.stdout + cancel.stderr
+            assert stranger.poll() is None
+            assert json.loads((run_dir / "status.json").read_text())["state"] == "DONE"
+        # its own process, still alive (winding down): live, but a DONE run is left alone
+        _record_local(grid_dir, run_id, run_dir, stranger.pid, {k: real[k] for k in earlier})
+        assert manifest.live_runs(grid_dir) == {run_id: str(stranger.pid)}
+        cancel = _status_cmd(str(grid), "--root", str(root), "--cancel")
+        assert "cancelled 0 of 1" in cancel.stdout and "1 DONE left alone" in cancel.stdout
+        assert stranger.poll() is None
+        assert json.loads((run_dir / "status.json").read_text())["state"] == "DONE"
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_case03_process_identity_reads_field_22_past_a_command_with_spaces(tmp_path):
+    from slurm import manifest
+
+    script = tmp_path / "a b) (c"
+    script.write_text("#!/bin/sh\nsleep 30\n")
+    script.chmod(0o755)
+    proc = subprocess.Popen([str(script)])
+    try:
+        found = manifest.process_identity(proc.pid)
+        raw = Path(f"/proc/{proc.pid}/stat").read_text()
+        assert found["start_ticks"] == int(raw.rsplit(")", 1)[1].split()[19]) and found["state"] in "RSD"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert manifest.process_identity(2**22 + 12345) is None
+
+
+def test_case04_force_moves_the_replaced_run_out_of_the_grid(lexicon, tmp_path):
+    """--force reruns a DONE run; the old one goes to <grid>/.replaced/<run_id>-<time>/, and what the
+    analysis reads of the grid is the new run only."""
+    from analysis.inputs import resolve_run_dirs
+
+    grid = _grid(tmp_path, lexicon, "forced")
+    root = tmp_path / "root"
+    run_id, run_dir = _done_run(grid, root)
+    proc = _submit_cmd(str(grid), "--root", str(root), "--executor", "local", "--force", "--wait")
+    assert proc.returncode == 0, proc.stderr
+    (old,) = (root / "forced" / ".replaced").iterdir()
+    assert old.name.startswith(f"{run_id}-") and json.loads((old / "eval.json").read_text())["valid"]["bpc"] == 2.0
+    assert sorted(p.name for p in (root / "forced").iterdir() if not p.name.startswith(".")) == [
+        "manifest.json", run_id]
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "DONE"
+    assert json.loads((run_dir / "eval.json").read_text())["valid"]["bpc"] != 2.0
+    assert resolve_run_dirs([grid], root=root) == [run_dir.resolve()]
+
+
+def test_case07_checkpoint_requeues_on_progress_and_stops_a_stalled_run(tmp_path):
+    """TrainingJob.checkpoint (called by submitit on the time-limit signal): an attempt that advanced
+    is requeued whatever came before; `max_stalled` attempts in a row without progress stop the run
+    as PENDING/stalled with a one-line reason, and each attempt is recorded for slurm.status."""
+    import submitit
+
+    from experiments.run_dir import RunDir
+    from slurm.job import TrainingJob, _Stall, read_attempts, record_attempt
+    from slurm.status import attempt_progress, run_state
+
+    run = RunDir(tmp_path / "run")
+    (run.checkpoints / "step_000010").mkdir(parents=True)
+    run.write_status("PENDING", stage="train", step=10, attempt=1)
+
+    job = TrainingJob(run.path, ["USR2"], stalled=2, max_stalled=3)
+    job._start_step, job._attempt = 4, 1  # as __call__ leaves them: it advanced 4 -> 10
+    record_attempt(run.path, 1, "start", 4)
+    delayed = job.checkpoint()
+    assert isinstance(delayed, submitit.helpers.DelayedSubmission)
+    assert (delayed.function.stalled, delayed.function.max_stalled) == (0, 3)
+    for attempt, stalled in ((2, 1), (3, 2)):  # two attempts without progress: still requeued
+        job = delayed.function
+        job._start_step, job._attempt = 10, attempt
+        record_attempt(run.path, attempt, "start", 10)
+        delayed = job.checkpoint()
+        assert delayed.function.stalled == stalled
+    job = delayed.function
+    job._start_step, job._attempt = 10, 4
+    record_attempt(run.path, 4, "start", 10)
+    with pytest.raises(_Stall, match="no progress in 3 attempt"):
+        job.checkpoint()
+    status = run.read_status()
+    assert (status["state"], status["stage"]) == ("PENDING", "stalled")
+    assert "\n" not in status["error"] and "resubmit" in status["error"]
+    assert run_state(status, "12", live=False, queued=None, final="FAILED") == "STALLED"
+    assert [(a["attempt"], a["end"], a["outcome"]) for a in read_attempts(run.path)] == [
+        (1, 10, "requeued"), (2, 10, "requeued without progress (1)"), (3, 10, "requeued without progress (2)"),
+        (4, 10, "stalled")]
+    assert attempt_progress(run, status) == "+6 +0 +0 +0 stalled"
+
+
+def test_case07_status_shows_each_attempt_s_progress(tmp_path):
+    from experiments.run_dir import RunDir
+    from slurm.job import record_attempt
+    from slurm.status import attempt_progress
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    record_attempt(run.path, 1, "start", 0)
+    record_attempt(run.path, 1, "end", 1200, outcome="requeued")
+    record_attempt(run.path, 2, "start", 1200)  # killed: no end line
+    record_attempt(run.path, 3, "start", 1500)
+    with open(run.path / "attempts.jsonl", "ab") as f:
+        f.write(b'{"attempt": 3, "ev\xff')  # a torn, damaged line
+    assert attempt_progress(run, {"step": 1710}) == "+1200 +300 +210…"
+
+
+def test_case12_local_executor_runs_max_parallel_at_a_time(lexicon, tmp_path):
+    """--max-parallel 1 with the local executor: each run starts after the one before has ended."""
+    from slurm.job import read_attempts
+
+    grid = _grid(tmp_path, lexicon, "queue", {"grid": {"model.num_persistent": [4, 8, 16]}})
+    root = tmp_path / "root"
+    proc = _submit_cmd(str(grid), "--root", str(root), "--executor", "local", "--max-parallel", "1", "--wait")
+    assert proc.returncode == 0, proc.stderr
+    assert "3 runs, 1 at a time" in proc.stdout and "3 of 3 runs finished" in proc.stdout
+    spans = []
+    for run_dir in (root / "queue").iterdir():
+        if (run_dir / "attempts.jsonl").exists():
+            times = [json.loads(line)["time"] for line in (run_dir / "attempts.jsonl").read_text().splitlines()]
+            spans.append((min(times), max(times)))
+            assert [a["outcome"] for a in read_attempts(run_dir)] == ["done"]
+    spans.sort()
+    assert len(spans) == 3
+    assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:])), spans
+
+
+def test_case12_local_default_is_cores_over_cores_per_run(monkeypatch, lexicon, tmp_path):
+    from experiments.grid import load_grid
+    from slurm import submit
+
+    grid = _grid(tmp_path, lexicon, "cores", {"grid": {"model.num_persistent": [4, 8]}},
+                 slurm={"cpus_per_task": 3, "mem_gb": 1, "timeout_min": 20})
+    planned = [submit.PlannedRun(cfg, None, "SUBMIT", 0.0) for cfg in load_grid(grid).runs]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert submit.local_parallel(planned) == 5
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert submit.local_parallel(planned) == 1
+
+
+def _profile(tmp_path: Path, **fields) -> Path:
+    import yaml
+
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump({"partition": "gpu", "max_time_min": 2880, "signal_delay_s": 180,
+                                    "achieved_tflops_per_gpu": 40.0, **fields}))
+    return path
+
+
+def test_case20_the_dry_run_plan_says_what_it_decided(lexicon, tmp_path):
+    """A 4320-minute request on a 2880-minute profile is cut *and said so*; attempts, the requeue
+    policy, memory against the profile's GPU (with a warning when it does not fit) and the
+    throughput behind the GPU-hours with its source are all in the plan."""
+    grid = _grid(tmp_path, lexicon, "plan", {}, train={"batch_size": 8, "steps": 10_000_000},
+                 eval={"batch_size": 8}, slurm={"gpus_per_node": 8, "cpus_per_task": 4, "mem_gb": 32,
+                                                "timeout_min": 4320})
+    profile = _profile(tmp_path, gpu_mem_gb=1e-5, throughput_source="benchmark on site, 2025-06-01",
+                       achieved_tflops_per_gpu=1e-6)
+    proc = _submit_cmd(str(grid), "--root", str(tmp_path / "root"), "--cluster", str(profile), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    row = next(line for line in out.splitlines() if line.startswith("tiny-"))
+    assert " 2880* " in row and "!" in row
+    attempts = int(re.search(r" ~(\d+) ", row).group(1))
+    assert attempts > 1
+    assert ("time limit*: 1 run(s) ask slurm.timeout_min=4320, more than site.yaml's max_time_min=2880: "
+            "each attempt gets 2880 min") in out
+    assert re.search(r"warning: tiny-\w+ needs ~[\d.e+-]+ GB per process \(estimate\), more than the profile's GPU "
+                     r"memory \(gpu_mem_gb=1e-05\)", out)
+    assert "1e-06 TFLOP/s per device (achieved_tflops_per_gpu in site.yaml; source: benchmark on site, 2025-06-01)" in out
+    assert ("requeue: --requeue; SIGUSR2 180 s before each limit: checkpoint, then requeued as long as the attempt "
+            "advanced the checkpointed step; after 3 attempts in a row") in out
+    fits = _submit_cmd(str(grid), "--root", str(tmp_path / "root"), "--cluster",
+                       str(_profile(tmp_path, gpu_mem_gb=80)), "--dry-run")
+    assert "warning" not in fits.stdout + fits.stderr and "/80.0 " in fits.stdout
+
+
+def test_case20_a_cancelled_local_run_shows_cancelled(lexicon, tmp_path):
+    from tests.test_slurm import _wait_for_step
+
+    grid = _grid(tmp_path, lexicon, "stop", {}, train={"steps": 100_000, "checkpoint_every": 50, "log_every": 10,
+                                                       "eval_every": 100_000})
+    root = tmp_path / "root"
+    assert _submit_cmd(str(grid), "--root", str(root), "--executor", "local").returncode == 0
+    (run_dir,) = [p for p in (root / "stop").iterdir() if not p.name.startswith(".") and p.is_dir()]
+    _wait_for_step(run_dir, 20)
+    cancel = _status_cmd(str(grid), "--root", str(root), "--cancel")
+    assert "cancelled 1 of 1" in cancel.stdout, cancel.stdout + cancel.stderr
+    from slurm import manifest
+
+    deadline = __import__("time").time() + 60
+    while manifest.live_runs(root / "stop") and __import__("time").time() < deadline:
+        __import__("time").sleep(0.5)
+    assert not manifest.live_runs(root / "stop")
+    table = _status_cmd(str(grid), "--root", str(root)).stdout
+    assert " CANCELLED " in table and " LOST " not in table, table
+
+
+def test_contract_refuses_a_vocabulary_mismatch_before_anything_is_written(lexicon, tmp_path):
+    grid = _grid(tmp_path, lexicon, "contract", {"grid": {"model.num_persistent": [4, 8]}})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(grid.read_text().replace("vocab_size:", "vocab_size: 1000 #"))
+    root = tmp_path / "root"
+    for args in (["--cluster", "local", "--dry-run"], ["--executor", "local"]):
+        proc = _submit_cmd(str(bad), "--root", str(root), *args)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert proc.stderr.startswith("error: run tiny-num_persistent=4-") and "model.vocab_size: is 1000 but" in proc.stderr
+        assert not root.exists()
+
+
+def test_contract_missing_data_is_a_warning_when_nodes_see_another_filesystem(lexicon, tmp_path):
+    grid = _grid(tmp_path, lexicon, "elsewhere")
+    grid.write_text(grid.read_text().replace(str(lexicon), str(tmp_path / "not-here")))
+    args = [str(grid), "--root", str(tmp_path / "root"), "--dry-run", "--cluster"]
+    refused = _submit_cmd(*args, str(_profile(tmp_path)))
+    assert refused.returncode == 2 and "does not exist on this machine" in refused.stderr
+    allowed = _submit_cmd(*args, str(_profile(tmp_path, data_elsewhere=True)))
+    assert allowed.returncode == 0, allowed.stderr
+    assert "warning: data.path" in allowed.stderr and "compute nodes see another filesystem" in allowed.stderr
+
+
+def test_status_last_train_metric_without_bpc_or_ppl(tmp_path):
+    from experiments.run_dir import RunDir
+    from slurm.status import last_train_metric
+
+    run = RunDir(tmp_path)
+    run.append_metrics({"step": 1, "split": "train", "loss": 2.0, "attempt": 1})
+    assert last_train_metric(run) == "-"
+    run.append_metrics({"step": 2, "split": "train", "loss": 2.0, "bpc": 2.885, "attempt": 1})
+    assert last_train_metric(run) == "bpc 2.885"

@@ -237,7 +237,8 @@ def _normalised(text: str, root: Path) -> str:
 @pytest.mark.parametrize("profile", ["local", "example_gpus", "example_gres"])
 def test_golden_sbatch_script_per_profile(corpus, tmp_path, profile):
     gpus = 0 if profile == "local" else 8
-    grid = write_grid(tmp_path, corpus, "golden", THREE_RUNS,
+    grid = write_grid(tmp_path, corpus, "golden", THREE_RUNS,  # batches shared by the 8 GPUs' processes
+                      train={"batch_size": 8}, eval={"batch_size": 8},
                       slurm={"gpus_per_node": gpus, "cpus_per_task": 4, "mem_gb": 32, "timeout_min": 600})
     root = tmp_path / "root"
     proc = submit(grid, root, "--cluster", profile, "--dry-run", "--max-parallel", "2")
