@@ -132,16 +132,25 @@ def verdict_text(verdict: str, n: int) -> str:
 
 
 def summary_lines(table: pd.DataFrame) -> list[str]:
-    """One short line per comparison, e.g. '(a) all-attn N=128, 8 layers - transformer, 4 layers:
-    +0.016 bpc [-0.058, +0.090], n=2: inconclusive' (for a figure)."""
+    """Short lines for a figure: per claim its verdict, then one indented line per comparison, e.g.
+    '    all-attention N=128, 8 layers - transformer, 4 layers: +0.016 bpc, 95% interval [-0.027, +0.058],
+    n=2: inconclusive'."""
     unit = table["metric"].iloc[0].split("_", 1)[1]
-    lines = []
-    for _, row in table.iterrows():
-        if row["verdict"] == NOT_TESTED:
-            lines.append(f"({row['claim']}) {row['statement']}: not tested ({row['note']})")
-            continue
-        lines.append(f"({row['claim']}) {row['ours']} - {row['other']}: {fmt_delta(row['mean_diff'], unit)} {unit} "
-                     f"{_interval_text(row, unit)}, n={int(row['n'])}: {row['verdict']}")
+    first = table.iloc[0]
+    lines = [f"The paper's claims (python -m analysis.report --claims): difference = all-attention - other in {unit}, "
+             f"runs paired by seed, {CONFIDENCE:.0%} t-interval; δ = {first['delta']:g} {unit}; equal parameters "
+             f"within {first['tolerance']:.0%}."]
+    verdicts = claim_verdicts(table).set_index("claim")
+    for claim, comparisons in table.groupby("claim", sort=True):
+        verdict = verdicts.loc[claim]
+        lines.append(f"({claim}) {verdict['statement']}: {verdict_text(verdict['verdict'], verdict['n'])}")
+        for _, row in comparisons.iterrows():
+            if row["verdict"] == NOT_TESTED:
+                lines.append(f"      {row['note']}")
+                continue
+            lines.append(f"      {row['ours']} - {row['other']}: {fmt_delta(row['mean_diff'], unit)} {unit}, "
+                         f"{CONFIDENCE:.0%} interval {_interval_text(row, unit)}, n={int(row['n'])}: {row['verdict']}"
+                         + (f" ({row['note']})" if _text(row["note"]) else ""))
     return lines
 
 
@@ -284,7 +293,7 @@ def _claim_cells(row: pd.Series, unit: str, with_statement: bool) -> dict[str, s
 
 def _interval_text(row: pd.Series, unit: str) -> str:
     if math.isnan(row["ci_low"]):
-        return "none (n < 2)"
+        return "no interval (n < 2)"
     return f"[{fmt_delta(row['ci_low'], unit)}, {fmt_delta(row['ci_high'], unit)}]"
 
 

@@ -1,12 +1,23 @@
 """The paper's Figure 2 from runs: dev score against N (left), integration variants (right).
 
-Left: attention_only (N=0, drawn left of an axis break) and all_attention by N on
-a log2 axis, the transformer as a horizontal reference. Right: one bar per
-integration variant; all_attention at the N the other variants use. Means over
-seeds with one-std error bars. The numbers plotted are written to figure2.csv;
-PNG and PDF are byte-identical from render to render.
+Each panel answers one question at a glance. Left, "does N matter?": attention_only
+(N=0, drawn left of an axis break) and all_attention by N on a log2 axis. Right, "does
+joint beat split?": one point per integration variant, all_attention at the N the other
+variants use. In both, the transformer is a dashed line with its interval as a band:
+"does all-attention match the transformer?". Every point is the mean over seeds with the
+two-sided 95% Student-t interval of that mean as its error bar (none for one seed; the
+interval of analysis.aggregate), labelled with its number of seeds n and its depth; the
+y axis (shared by both panels) names the unit, the corpus and the evaluated subset
+(eval.max_tokens of the runs' configs). Published numbers are drawn beside ours only
+when comparable (same dataset, our evaluation on the whole split, parameter counts
+within 10%), else in a panel of their own. Below the panels, the paper's three claims
+as analysis.claims tests them on the same runs (`--no-claims` leaves them out).
+
+The numbers plotted are written to figure2.csv; PNG and PDF are byte-identical from
+render to render.
 
     python -m analysis.figure2 DIR_OR_GRID... [--out-dir results/figures] [--published/--no-published]
+                                              [--claims/--no-claims] [--delta D]
 """
 from __future__ import annotations
 
@@ -22,10 +33,12 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from analysis.aggregate import evaluated, one_corpus, seed_summary
+from analysis.aggregate import CONFIDENCE, evaluated, one_corpus, seed_summary
+from analysis.claims import evaluate_claims, summary_lines
 from analysis.collect import load_runs
 from analysis.inputs import add_inputs_argument, selection
 from analysis.published import load_published
+from analysis.render import dataset_label, fmt_count
 from experiments.atomic import atomic_write_bytes, atomic_write_text
 from model.errors import UserError
 from experiments.cli import run_cli
@@ -35,35 +48,58 @@ RIGHT_LABELS = {"all_attention": "all-attn", "attn_split": "attn-split", "head_s
 LEFT_MARKERS = {"attention_only": "s", "all_attention": "o"}
 REFERENCE = "transformer"
 ZERO_GAP = 1.5  # log2 units between the N=0 point and the smallest N > 0
-PLOT_COLUMNS = ["panel", "series", "variant", "label", "num_persistent", "num_layers", "x", "mean", "std", "n"]
+SCALE_TOLERANCE = 0.10  # a published model is "at our scale" within this relative parameter difference
+PLOT_COLUMNS = ["panel", "series", "variant", "label", "num_persistent", "num_layers", "x", "mean", "std", "n", "ci",
+                "params_total"]
+"""figure2.csv: panel is left, right, reference (the transformer, drawn in both) or published
+(not comparable, its own panel); mean, std and ci (the 95% t-interval's half-width) in the unit."""
 DPI = 150
 # No software version or date in the files, a fixed hash salt and matplotlib's own
 # defaults (not the user's matplotlibrc): the same numbers give the same bytes.
 METADATA = {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None, "CreationDate": None}}
 STYLE = {"svg.hashsalt": "figure2", "font.family": "DejaVu Sans", "font.size": 9}
+REFERENCE_COLOR = "dimgray"
+TEXT_LINE_INCHES = 0.15  # height of one line of the caption block at its font size
 
 
 def figure2_data(runs: pd.DataFrame, published: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The exact numbers drawn: one row per point, bar, reference line or published marker."""
+    """The exact numbers drawn: one row per point, reference line or published marker, with the
+    corpus (`dataset_label`) and evaluated subset (`subset`) the axis names."""
     runs, column = evaluated(runs, "dev")
     dataset = one_corpus(runs)
     summary = seed_summary(runs, column)
     _check_one_config_per_point(summary)
-    rows = _left_points(summary) + _reference_lines(summary) + _right_bars(summary)
+    rows = _left_points(summary) + _reference_lines(summary) + _right_points(summary)
     if not rows:
         raise UserError(f"no runs of the Figure 2 variants ({', '.join(LEFT_MARKERS)}, {', '.join(RIGHT_LABELS)})")
     unit = column.split("_", 1)[1]
     if published is not None:
-        rows += _published_points(published, dataset, unit)
-    data = pd.DataFrame(rows, columns=PLOT_COLUMNS).assign(dataset=dataset, unit=unit)
+        rows += _published_points(published, dataset, unit, _our_scale(runs, summary))
+    data = pd.DataFrame(rows, columns=PLOT_COLUMNS).assign(
+        dataset=dataset, unit=unit, dataset_label=dataset_label(dataset, _first(runs, "data_name")),
+        subset=evaluated_subset(runs, unit))
     return _place_zero(data)
 
 
-def write_figure2(data: pd.DataFrame, out_dir: Path, with_published: bool) -> list[Path]:
-    """Render `data` to figure2.png/.pdf and write it as figure2.csv; the paths written."""
+def evaluated_subset(runs: pd.DataFrame, unit: str) -> str:
+    """Which part of the valid split the dev scores cover, e.g. 'first 200k characters of
+    valid' (the runs' eval.max_tokens), or 'whole valid split'."""
+    column = "eval.max_tokens"
+    caps = sorted(runs[column].dropna().unique()) if column in runs else []
+    if not caps:
+        return "whole valid split"
+    noun = "characters" if unit == "bpc" else "tokens"
+    uncapped = " or whole split" if runs[column].isna().any() else ""
+    return f"first {' / '.join(fmt_count(c, compact=True) for c in caps)} {noun} of valid{uncapped}"
+
+
+def write_figure2(data: pd.DataFrame, out_dir: Path, with_published: bool,
+                  claims: pd.DataFrame | None = None) -> list[Path]:
+    """Render `data` (and the `claims` table of analysis.claims, when given) to
+    figure2.png/.pdf and write `data` as figure2.csv; the paths written."""
     paths = [out_dir / f"figure2.{fmt}" for fmt in ("png", "pdf", "csv")]
     with matplotlib.style.context(["default", STYLE]):
-        figure = render_figure(data, with_published)
+        figure = render_figure(data, with_published, claims)
         for path in paths[:2]:
             buffer = io.BytesIO()
             fmt = path.suffix[1:]
@@ -73,16 +109,50 @@ def write_figure2(data: pd.DataFrame, out_dir: Path, with_published: bool) -> li
     return paths
 
 
-def render_figure(data: pd.DataFrame, with_published: bool) -> Figure:
-    """The two-panel figure (not using pyplot, so no global backend state)."""
-    unit = data["unit"].iloc[0]
-    figure = Figure(figsize=(10, 4.4))
-    left, right = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1.15, 1]})
-    _draw_left(left, data[data["panel"] == "left"], unit)
-    _draw_right(right, data[data["panel"] == "right"], unit)
-    figure.text(0.5, 0.015, _caption(data, with_published), ha="center", va="bottom", fontsize=7.5)
-    figure.subplots_adjust(left=0.07, right=0.985, top=0.92, bottom=0.24, wspace=0.22)
+def render_figure(data: pd.DataFrame, with_published: bool, claims: pd.DataFrame | None = None) -> Figure:
+    """The figure (not using pyplot, so no global backend state): the two panels sharing
+    their y axis, a third for published numbers that are not comparable, and below them
+    the caption and the claims."""
+    own_panel = data[data["panel"] == "published"]
+    text = _caption_lines(data, with_published) + (summary_lines(claims) if claims is not None else [])
+    height = 4.4 + TEXT_LINE_INCHES * len(text)
+    figure = Figure(figsize=(11.5 if own_panel.empty else 14.5, height))
+    ratios = [1.15, 1] + ([0.55] if not own_panel.empty else [])
+    axes = figure.subplots(1, len(ratios), gridspec_kw={"width_ratios": ratios})
+    left, right = axes[0], axes[1]
+    right.sharey(left)
+    reference = data[data["panel"] == "reference"]
+    ylabel = f"dev {data['unit'].iloc[0]} (lower is better)\n{data['dataset_label'].iloc[0]}, {data['subset'].iloc[0]}"
+    _draw_left(left, data[data["panel"] == "left"], reference, ylabel)
+    _draw_right(right, data[data["panel"] == "right"], reference, ylabel)
+    _fit_y(left, data[data["panel"].isin(["left", "right", "reference"])])
+    if not own_panel.empty:
+        _draw_published(axes[2], own_panel, data["dataset_label"].iloc[0], data["unit"].iloc[0])
+    _legend(figure, axes[:2])
+    figure.text(0.01, 0.01, "\n".join(text), ha="left", va="bottom", fontsize=7.5, linespacing=1.35)
+    # the text block takes a fixed height per line, the x labels about 0.75 inch above it
+    bottom = (TEXT_LINE_INCHES * len(text) + 0.75) / height
+    figure.subplots_adjust(left=0.075, right=0.99, top=1 - 0.75 / height, bottom=bottom, wspace=0.25)
     return figure
+
+
+def _legend(figure: Figure, axes: Sequence[Axes]) -> None:
+    """One legend for both panels, above them, where it hides no point."""
+    entries: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    if entries:
+        figure.legend(list(entries.values()), list(entries), loc="upper center", ncol=len(entries), fontsize=7.5,
+                      frameon=False)
+
+
+def _fit_y(ax: Axes, shown: pd.DataFrame) -> None:
+    """The shared y range: every mean and interval, with room above for the point labels."""
+    ci = shown["ci"].fillna(0)
+    low, high = (shown["mean"] - ci).min(), (shown["mean"] + ci).max()
+    span = high - low if high > low else max(abs(high) * 0.05, 0.1)
+    ax.set_ylim(low - 0.06 * span, high + 0.22 * span)
 
 
 def _check_one_config_per_point(summary: pd.DataFrame) -> None:
@@ -97,7 +167,8 @@ def _check_one_config_per_point(summary: pd.DataFrame) -> None:
 def _row(panel: str, series: str, point: pd.Series, label: str, x: float) -> dict[str, Any]:
     return {"panel": panel, "series": series, "variant": point["variant"], "label": label,
             "num_persistent": point["num_persistent"], "num_layers": point["num_layers"], "x": x,
-            "mean": point["mean"], "std": point["std"], "n": point["n"]}
+            "mean": point["mean"], "std": point["std"], "n": point["n"], "ci": point["ci"],
+            "params_total": point.get("params_total", math.nan)}
 
 
 def _left_points(summary: pd.DataFrame) -> list[dict[str, Any]]:
@@ -108,32 +179,52 @@ def _left_points(summary: pd.DataFrame) -> list[dict[str, Any]]:
 
 def _reference_lines(summary: pd.DataFrame) -> list[dict[str, Any]]:
     lines = summary[summary["variant"] == REFERENCE]
-    return [_row("left", REFERENCE, p, f"transformer ({int(p['num_layers'])} layers)", math.nan)
+    return [_row("reference", REFERENCE, p, f"transformer, {int(p['num_layers'])} layers", math.nan)
             for _, p in lines.iterrows()]
 
 
-def _right_bars(summary: pd.DataFrame) -> list[dict[str, Any]]:
-    """Bars in the paper's order; all_attention only at the N the other variants use most."""
-    bars = summary[summary["variant"].isin(RIGHT_LABELS)]
-    joint = bars["variant"] == "all_attention"
-    if bars.loc[joint, "num_persistent"].nunique() > 1:
-        reference = bars[~joint] if (~joint).any() else bars[joint]
+def _right_points(summary: pd.DataFrame) -> list[dict[str, Any]]:
+    """Points in the paper's order; all_attention only at the N the other variants use most."""
+    points = summary[summary["variant"].isin(RIGHT_LABELS)]
+    joint = points["variant"] == "all_attention"
+    if points.loc[joint, "num_persistent"].nunique() > 1:
+        reference = points[~joint] if (~joint).any() else points[joint]
         target = reference["num_persistent"].mode().max()
-        bars = bars[~joint | (bars["num_persistent"] == target)]
+        points = points[~joint | (points["num_persistent"] == target)]
     order = {v: i for i, v in enumerate(RIGHT_LABELS)}
-    bars = bars.assign(_order=bars["variant"].map(order)).sort_values(["_order", "num_persistent"], kind="stable")
+    points = points.assign(_order=points["variant"].map(order)).sort_values(["_order", "num_persistent"], kind="stable")
     return [_row("right", "ours", p, f"{RIGHT_LABELS[p['variant']]} N={int(p['num_persistent'])}", float(x))
-            for x, (_, p) in enumerate(bars.iterrows())]
+            for x, (_, p) in enumerate(points.iterrows())]
 
 
-def _published_points(published: pd.DataFrame, dataset: str, unit: str) -> list[dict[str, Any]]:
-    """The paper's own model's published dev score for this dataset, at its N."""
+def _our_scale(runs: pd.DataFrame, summary: pd.DataFrame) -> tuple[bool, list[float]]:
+    """Whether our dev scores cover the whole split, and our all-attention parameter counts."""
+    full = bool(runs["eval_full"].eq(True).all()) if "eval_full" in runs else False
+    joint = summary[summary["variant"] == "all_attention"]
+    return full, joint["params_total"].dropna().tolist() if "params_total" in joint else []
+
+
+def _published_points(published: pd.DataFrame, dataset: str, unit: str,
+                      scale: tuple[bool, list[float]]) -> list[dict[str, Any]]:
+    """The paper's own model's published dev score for this dataset, at its N: beside ours
+    (panel left) when comparable, else in a panel of their own (panel published)."""
     known = published[(published["dataset"] == dataset) & (published["split"] == "dev")
                       & (published["metric"] == unit) & published["num_persistent"].notna()]
-    return [{"panel": "left", "series": f"published ({p['source']})", "variant": "all_attention",
-             "label": f"{p['model']}, {p['params_m']:g}M", "num_persistent": int(p["num_persistent"]),
+    full, ours = scale
+
+    def panel(params_m: float) -> str:
+        same_scale = any(abs(p - params_m * 1e6) <= SCALE_TOLERANCE * params_m * 1e6 for p in ours)
+        return "left" if full and same_scale else "published"
+
+    return [{"panel": panel(p["params_m"]), "series": f"published ({p['source']})", "variant": "all_attention",
+             "label": f"{p['params_m']:g}M, {int(p['num_layers'])} layers", "num_persistent": int(p["num_persistent"]),
              "num_layers": int(p["num_layers"]), "x": math.log2(p["num_persistent"]), "mean": p["value"],
-             "std": math.nan, "n": math.nan} for _, p in known.iterrows()]
+             "std": math.nan, "n": math.nan, "ci": math.nan, "params_total": p["params_m"] * 1e6}
+            for _, p in known.iterrows()]
+
+
+def _first(runs: pd.DataFrame, column: str) -> Any:
+    return runs[column].iloc[0] if column in runs and not runs.empty else None
 
 
 def _log2_or_nan(n: float) -> float:
@@ -149,28 +240,35 @@ def _place_zero(data: pd.DataFrame) -> pd.DataFrame:
     return data
 
 
-def _draw_left(ax: Axes, left: pd.DataFrame, unit: str) -> None:
-    ax.set_title("Number of persistent vectors N")
-    if left.empty:
-        return _say_empty(ax, "no attention-only, all-attention or transformer runs")
+def _draw_left(ax: Axes, left: pd.DataFrame, reference: pd.DataFrame, ylabel: str) -> None:
+    ax.set_title("Does N matter?  all-attention by N per head (N = 0: attention-only)", fontsize=9.5)
+    _draw_reference(ax, reference)
     ours = left[left["series"] == "ours"]
     for variant, marker in LEFT_MARKERS.items():
         points = ours[ours["variant"] == variant].sort_values("x")
         if not points.empty:
-            ax.errorbar(points["x"], points["mean"], yerr=points["std"].fillna(0), marker=marker,
-                        capsize=3, label=variant.replace("_", "-") + " (ours)")
-            _annotate_n(ax, points)
-    for _, line in left[left["series"] == REFERENCE].iterrows():
-        ax.axhline(line["mean"], color="gray", linestyle="--", label=f"{line['label']} (ours, n={int(line['n'])})")
-        if not pd.isna(line["std"]):
-            ax.axhspan(line["mean"] - line["std"], line["mean"] + line["std"], color="gray", alpha=0.15)
+            color = "C0" if variant == "all_attention" else "C5"  # C1-C4 are the right panel's variants
+            ax.errorbar(points["x"], points["mean"], yerr=points["ci"].fillna(0), marker=marker, color=color,
+                        capsize=3, linewidth=1, label=variant.replace("_", "-") + " (ours)")
+            _annotate_points(ax, points)
     for series, points in left[left["series"].str.startswith("published")].groupby("series"):
-        ax.plot(points["x"], points["mean"], linestyle="none", marker="*", markersize=11,
+        ax.plot(points["x"], points["mean"], linestyle="none", marker="*", markersize=11, color="black",
                 markerfacecolor="none", label=f"{series}: all-attention")
+    if left.empty and reference.empty:
+        _say_empty(ax, "no attention-only, all-attention or transformer runs")
     _label_n_axis(ax, left)
-    ax.margins(y=0.12)  # room for the n= labels above the highest point
-    ax.set_ylabel(f"dev {unit}")
-    ax.legend(fontsize=7)
+    ax.set_ylabel(ylabel)
+
+
+def _draw_reference(ax: Axes, reference: pd.DataFrame) -> None:
+    """The transformer: a dashed line at its mean, its 95% interval as a band, its own legend entry."""
+    for _, line in reference.iterrows():
+        spread = f"{CONFIDENCE:.0%} CI band" if not pd.isna(line["ci"]) else "no interval"
+        ax.axhline(line["mean"], color=REFERENCE_COLOR, linestyle="--", linewidth=1,
+                   label=f"{line['label']} (n={int(line['n'])}; {spread})")
+        if not pd.isna(line["ci"]):
+            ax.axhspan(line["mean"] - line["ci"], line["mean"] + line["ci"], color=REFERENCE_COLOR, alpha=0.15,
+                       linewidth=0)
 
 
 def _label_n_axis(ax: Axes, left: pd.DataFrame) -> None:
@@ -179,51 +277,75 @@ def _label_n_axis(ax: Axes, left: pd.DataFrame) -> None:
         ax.set_xticks([])
         return
     ax.set_xticks(placed["x"], [str(int(n)) for n in placed["num_persistent"]])
-    ax.set_xlabel("N per head (log2 axis; N=0 is attention-only, left of the break)")
+    ax.set_xlabel("N per head (log2 axis; N = 0 is attention-only, left of the break)")
     if (placed["num_persistent"] == 0).any() and (placed["num_persistent"] > 0).any():
         ax.axvline(placed["x"].min() + ZERO_GAP / 2, color="lightgray", linestyle=":")
     ax.set_xlim(placed["x"].min() - 0.75, placed["x"].max() + 0.75)
 
 
-def _draw_right(ax: Axes, right: pd.DataFrame, unit: str) -> None:
-    ax.set_title("Integration of persistent vectors")
+def _draw_right(ax: Axes, right: pd.DataFrame, reference: pd.DataFrame, ylabel: str) -> None:
+    ax.set_title("Does joint beat split?  integration of persistent vectors", fontsize=9.5)
+    ax.yaxis.set_tick_params(labelleft=True)  # the shared axis keeps its numbers here too
+    ax.set_ylabel(ylabel)
+    _draw_reference(ax, reference)
     if right.empty:
         return _say_empty(ax, "no runs of the integration variants")
-    colors = [f"C{list(RIGHT_LABELS).index(v)}" for v in right["variant"]]
-    std = right["std"].fillna(0)
-    ax.bar(right["x"], right["mean"], yerr=std, capsize=3, color=colors)
+    for _, point in right.iterrows():
+        color = f"C{list(RIGHT_LABELS).index(point['variant'])}"
+        ax.errorbar(point["x"], point["mean"], yerr=0 if pd.isna(point["ci"]) else point["ci"], marker="o",
+                    markersize=7 if point["variant"] == "all_attention" else 5, color=color, capsize=4)
     ax.set_xticks(right["x"], [label.replace(" ", "\n", 1) for label in right["label"]], fontsize=8)
-    _annotate_n(ax, right)
-    low, high = (right["mean"] - std).min(), (right["mean"] + std).max()
-    pad = 0.15 * (high - low) if high > low else 0.05 * abs(high) or 0.1
-    ax.set_ylim(low - pad, high + 2 * pad)  # bars start at the axis floor: differences are the point
-    ax.set_ylabel(f"dev {unit}")
+    ax.set_xlim(right["x"].min() - 0.6, right["x"].max() + 0.6)
+    _annotate_points(ax, right)
+
+
+def _draw_published(ax: Axes, published: pd.DataFrame, dataset: str, unit: str) -> None:
+    """Published numbers that are not comparable with ours, on their own axis."""
+    ax.set_title("Published, not comparable\n(other scale or evaluation)", fontsize=9.5)
+    for series, points in published.groupby("series"):
+        ax.plot(points["x"], points["mean"], linestyle="none", marker="*", markersize=11, markerfacecolor="none",
+                color="black", label=series)
+        for x, mean, label in zip(points["x"], points["mean"], points["label"]):
+            ax.annotate(label, (x, mean), xytext=(0, 7), textcoords="offset points", ha="center", fontsize=6.5)
+    placed = published.drop_duplicates("x").sort_values("x")
+    ax.set_xticks(placed["x"], [str(int(n)) for n in placed["num_persistent"]])
+    ax.set_xlim(placed["x"].min() - 0.75, placed["x"].max() + 0.75)
+    ax.margins(y=0.25)
+    ax.set_xlabel("N per head (log2 axis)")
+    ax.set_ylabel(f"published dev {unit}\n{dataset}, whole valid split")
+    ax.legend(fontsize=7, loc="best")
 
 
 def _say_empty(ax: Axes, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", transform=ax.transAxes)
 
 
-def _annotate_n(ax: Axes, points: pd.DataFrame) -> None:
-    for x, mean, std, n in zip(points["x"], points["mean"], points["std"].fillna(0), points["n"]):
-        ax.annotate(f"n={int(n)}", (x, mean + std), xytext=(0, 3), textcoords="offset points",
-                    ha="center", fontsize=7)
+def _annotate_points(ax: Axes, points: pd.DataFrame) -> None:
+    """Above each error bar: the point's depth and number of seeds."""
+    for x, mean, ci, n, layers in zip(points["x"], points["mean"], points["ci"].fillna(0), points["n"],
+                                      points["num_layers"]):
+        ax.annotate(f"{int(layers)} layers\nn={int(n)}", (x, mean + ci), xytext=(0, 3), textcoords="offset points",
+                    ha="center", va="bottom", fontsize=6.5, linespacing=1.1)
 
 
-def _caption(data: pd.DataFrame, with_published: bool) -> str:
-    dataset, unit = data["dataset"].iloc[0], data["unit"].iloc[0]
-    text = (f"{dataset}: dev {unit} of each run's final evaluation. Points and bars: mean over seeds; error bars: "
-            f"one standard deviation; n: seeds. ")
+def _caption_lines(data: pd.DataFrame, with_published: bool) -> list[str]:
+    label, unit = data["dataset_label"].iloc[0], data["unit"].iloc[0]
+    text = (f"{label}: dev {unit} of each run's final evaluation ({data['subset'].iloc[0]}). Points: mean over n "
+            f"seeds; error bars: two-sided {CONFIDENCE:.0%} Student-t interval of that mean (none for n = 1). ")
     if (data["series"] == REFERENCE).any():
-        text += "Dashed line and band: the transformer baseline (mean ± std). "
-    if data["series"].str.startswith("published").any():
+        text += f"Dashed line and band: the transformer, mean and {CONFIDENCE:.0%} interval. "
+    text += ("The claims below pair runs by seed, so their intervals are narrower than these bars when a seed moves "
+             "both models alike. ")
+    published = data["series"].str.startswith("published")
+    if published.any():
         text += (f"Open stars: published dev {unit} of the authors' all-attention model at its N (source in the "
-                 "legend); the paper's Figure 2 values are not available as numbers.")
+                 "legend), beside ours only when comparable (same dataset, whole split, parameters within "
+                 f"{SCALE_TOLERANCE:.0%}); the paper's Figure 2 values are not available as numbers.")
     elif with_published:
-        text += f"No published dev {unit} is known for {dataset} (the paper's Figure 2 values are not available)."
+        text += f"No published dev {unit} is known for {label} (the paper's Figure 2 values are not available)."
     else:
         text += "Published numbers not drawn."
-    return textwrap.fill(text, width=170)
+    return textwrap.wrap(text, width=190)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -231,10 +353,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_inputs_argument(parser)
     parser.add_argument("--out-dir", type=Path, default=Path("results/figures"), help="default results/figures")
     parser.add_argument("--published", action=argparse.BooleanOptionalAction, default=True,
-                        help="overlay published numbers (default on)")
+                        help="draw published numbers (default on)")
+    parser.add_argument("--claims", action=argparse.BooleanOptionalAction, default=True,
+                        help="state the paper's claims under the panels (analysis.claims; default on)")
+    parser.add_argument("--delta", type=float, default=None,
+                        help="equivalence margin of claim (a), in the metric's units (default 0.02 bpc, 0.5 ppl)")
     args = parser.parse_args(argv)
-    data = figure2_data(load_runs(args.inputs, **selection(args)), load_published() if args.published else None)
-    for path in write_figure2(data, args.out_dir, args.published):
+    runs = load_runs(args.inputs, **selection(args))
+    data = figure2_data(runs, load_published() if args.published else None)
+    claims = evaluate_claims(runs, args.delta) if args.claims else None
+    for path in write_figure2(data, args.out_dir, args.published, claims):
         print(f"wrote {path}")
     return 0
 

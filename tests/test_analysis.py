@@ -407,3 +407,57 @@ def test_report_cli_on_a_grid_submitted_with_set_and_only(tmp_path: Path) -> Non
     assert result.returncode == 0, result.stderr
     assert set(pd.read_csv(io.StringIO(result.stdout))["variant"]) == {"transformer", "all_attention"}
     assert "from submission(s) #1" in result.stderr and "#2" in result.stderr and "#3" not in result.stderr
+
+
+# --- Figure 2 readability: axis names, the transformer's band, intervals, n and depth per point ---
+
+
+def test_figure2_axis_names_corpus_and_evaluated_subset(demo_runs: pd.DataFrame) -> None:
+    data = figure2_data(demo_runs)
+    assert set(data["dataset_label"]) == {"lexicon (synthetic)"} and set(data["subset"]) == {"whole valid split"}
+    capped = demo_runs.assign(**{"dataset": "text", "data_name": "wikitext-2-char", "eval.max_tokens": 200_000})
+    again = figure2_data(capped)
+    assert set(again["dataset_label"]) == {"WikiText-2 characters"}
+    assert set(again["subset"]) == {"first 200k characters of valid"}
+
+
+def test_figure2_points_carry_their_95_percent_interval(demo_runs: pd.DataFrame) -> None:
+    from analysis.aggregate import t_quantile
+
+    data = figure2_data(demo_runs)
+    (reference,) = data[data["panel"] == "reference"].itertuples()
+    assert (reference.series, reference.label) == ("transformer", "transformer, 2 layers")
+    for row in data.itertuples():
+        _, std = mean_std(DEV[(row.variant, row.num_persistent)])
+        assert row.ci == pytest.approx(t_quantile(1) * std / np.sqrt(2))  # 12.706 x std / sqrt(n) at n = 2
+
+
+def test_figure2_published_points_beside_ours_only_when_comparable(runs: pd.DataFrame) -> None:
+    enwik8 = runs[runs["dataset"] == "enwik8"]  # 38.50M parameters, evaluated on the whole split
+    published = figure2_data(enwik8, load_published()).query("series != 'ours'").set_index("num_persistent")
+    assert published.loc[1024, "panel"] == "left" and published.loc[2048, "panel"] == "published"  # 39M / 114M
+    capped = figure2_data(enwik8.assign(eval_full=False), load_published()).query("series != 'ours'")
+    assert set(capped["panel"]) == {"published"}
+
+
+def test_figure2_draws_points_with_intervals_labels_and_the_claims(demo_runs: pd.DataFrame, tmp_path: Path) -> None:
+    from matplotlib.container import BarContainer, ErrorbarContainer
+
+    from analysis.claims import evaluate_claims
+    from analysis.figure2 import render_figure
+
+    data, claims = figure2_data(demo_runs), evaluate_claims(demo_runs)
+    figure = render_figure(data, with_published=False, claims=claims)
+    left, right = figure.axes[:2]
+    for ax in (left, right):
+        assert ax.get_ylabel() == "dev bpc (lower is better)\nlexicon (synthetic), whole valid split"
+        assert not any(isinstance(c, BarContainer) for c in ax.containers)  # points, not bars from a baseline
+        assert any(isinstance(c, ErrorbarContainer) for c in ax.containers)
+        assert "2 layers\nn=2" in [t.get_text() for t in ax.texts]
+    assert left.get_ylim() == right.get_ylim()
+    legend = [t.get_text() for t in figure.legends[0].get_texts()]
+    assert legend[0] == "transformer, 2 layers (n=2; 95% CI band)"
+    text = "\n".join(t.get_text() for t in figure.texts)
+    assert "(c) the joint softmax better than each separate variant: inconclusive at n=2" in text
+    paths = write_figure2(data, tmp_path / "a", False, claims)
+    assert paths[0].read_bytes() == write_figure2(data, tmp_path / "b", False, claims)[0].read_bytes()

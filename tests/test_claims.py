@@ -137,7 +137,7 @@ def test_one_seed_is_inconclusive_with_no_interval(tmp_path: Path) -> None:
     row = claims(tmp_path).iloc[0]
     assert (row["n"], row["verdict"]) == (1, INCONCLUSIVE) and math.isnan(row["ci_low"])
     assert "fewer than 2 seed pairs" in row["note"]
-    assert "| none (n < 2) | inconclusive at n=1 |" in format_claims(claims(tmp_path))
+    assert "| no interval (n < 2) | inconclusive at n=1 |" in format_claims(claims(tmp_path))
 
 
 def test_pairs_by_seed_and_counts_the_unpaired(tmp_path: Path) -> None:
