@@ -29,6 +29,7 @@ The shared folders are skipped when absent, except under CI=true (tests/conftest
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import shutil
@@ -89,6 +90,25 @@ def wt103(tmp_path_factory) -> Path:
     assert meta["vocab_size"] == VOCAB and meta["vocab_order"] == "frequency" and meta["eos"] == "<eos>"
     assert meta["source"]["official"] is False
     return root / "data"
+
+
+def authors_loader_vocab(archive: Path) -> list[str]:
+    """The ids the authors' loader gives with adaptive input/output (facebookresearch/adaptive-span,
+    data.py with sort_dict): every word of train.txt, and `<eos>` closing each line, counted in order
+    of first appearance; sorted stably by increasing count, then the list reversed."""
+    counts: dict[str, int] = {}
+    with zipfile.ZipFile(archive) as zipped, zipped.open(wikitext103.MEMBERS["train"]) as member:
+        for line in io.TextIOWrapper(member, encoding="utf8"):
+            for word in line.split() + ["<eos>"]:
+                counts[word] = counts.get(word, 0) + 1
+    return [word for word, _ in sorted(counts.items(), key=lambda kv: kv[1])[::-1]]
+
+
+def test_prepared_ids_are_the_authors_loader_ids(wt103):
+    """Their WikiText-103 weights read the words ours do: same order, ties (the many words of
+    equal count) included, which a first-appearance tie order would get wrong."""
+    vocab = json.loads((wt103 / "meta.json").read_text())["vocab"]
+    assert vocab == authors_loader_vocab(wt103.parent / wikitext103.ARCHIVE.file_name)
 
 
 def train_cmd(data: Path, run_dir: Path) -> list[str]:
