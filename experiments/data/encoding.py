@@ -5,7 +5,8 @@ appends `<eos>`; character level takes every byte as a symbol and a newline
 byte as `<eos>` (no `<eos>` is added at the end of a split, so byte splits keep
 their exact sizes and bytes round-trip). Ids are in order of first appearance
 in train, then symbols new in valid, then in test; for the adaptive softmax
-they are sorted by decreasing train count, ties in order of first appearance.
+they are sorted by decreasing train count, ties in order of first appearance
+(WikiText-103: in reverse order, as the authors' loader sorts).
 """
 from __future__ import annotations
 
@@ -41,17 +42,26 @@ def symbol_byte(symbol: str) -> int:
     return ord(symbol)
 
 
-def order_vocab(split_counts: Sequence[Mapping[str, int]], by_frequency: bool) -> list[str]:
+def order_vocab(split_counts: Sequence[Mapping[str, int]], by_frequency: bool,
+                authors_ties: bool = False) -> list[str]:
     """The vocabulary from per-split counts (train first), each in order of first appearance.
 
     As the authors' loader: symbols of train, then those new in valid, then in
     test. By frequency, ids follow decreasing train count; the sort is stable,
     so ties (and symbols absent from train) keep their first-appearance order.
+    `authors_ties`: ties among train symbols in *reverse* order of first appearance,
+    as the authors' loader orders words for adaptive input/output (a stable sort by
+    increasing train count, then reversed); symbols absent from train still come last.
     """
     vocab = list(dict.fromkeys(itertools.chain.from_iterable(split_counts)))
     if by_frequency:
         train_counts = split_counts[0]
-        vocab.sort(key=lambda symbol: -train_counts.get(symbol, 0))
+        if authors_ties:
+            in_train = [symbol for symbol in vocab if symbol in train_counts]  # in train's first-appearance order
+            rest = [symbol for symbol in vocab if symbol not in train_counts]
+            vocab = sorted(in_train, key=train_counts.__getitem__)[::-1] + rest
+        else:
+            vocab.sort(key=lambda symbol: -train_counts.get(symbol, 0))
     return vocab
 
 
@@ -171,10 +181,13 @@ def char_corpus(texts: Mapping[str, bytes], by_frequency: bool, extra: dict[str,
     return Prepared("char", vocab, order_name(by_frequency), CHAR_RULE, ids, extra)
 
 
-def word_corpus(sources: Mapping[str, SplitSource], by_frequency: bool, extra: dict[str, Any]) -> Prepared:
+def word_corpus(sources: Mapping[str, SplitSource], by_frequency: bool, extra: dict[str, Any],
+                authors_ties: bool = False) -> Prepared:
     # Two passes (count, then encode) so that prepare encodes with the very function encode_text uses.
     counts = [word_counts(read_lines(sources[split].open, sources[split].label)) for split in SPLITS]
-    vocab = order_vocab(counts, by_frequency)
+    vocab = order_vocab(counts, by_frequency, authors_ties)
     ids = {split: encode_lines(read_lines(sources[split].open, sources[split].label), vocab, sources[split].label)
            for split in SPLITS}
-    return Prepared("word", vocab, order_name(by_frequency), WORD_RULE, ids, extra)
+    rule = WORD_RULE + ("; ids by decreasing train count, ties in reverse order of first appearance "
+                        "(the authors' loader)" if authors_ties else "")
+    return Prepared("word", vocab, order_name(by_frequency), rule, ids, extra)

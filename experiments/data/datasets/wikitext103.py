@@ -4,7 +4,10 @@ The official zip holds `wikitext-103/wiki.{train,valid,test}.tokens`. Vocabulary
 every word of the three splits plus `<eos>` closing each line, 267,735 symbols
 (valid and test hold no word missing from train: rare words are already `<unk>`).
 Ids sorted by decreasing train count, as the adaptive softmax of the paper's
-WikiText-103 model needs (its cutoffs assume the most frequent words first).
+WikiText-103 model needs (its cutoffs assume the most frequent words first), with
+ties in reverse order of first appearance: the ids the authors' loader gives (it
+sorts train words by increasing count, stably, then reverses the list), so that
+their WikiText-103 weights read the same words.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ def prepare(args: argparse.Namespace, work: Path) -> Prepared:
         verify_official(path, ARCHIVE, "; a miniature or other file needs --allow-unpinned")
     sources = {split: SplitSource(f"{path}:{member}", partial(open_member, path, member))
                for split, member in MEMBERS.items()}
-    prepared = word_corpus(sources, by_frequency=True,
+    prepared = word_corpus(sources, by_frequency=True, authors_ties=True,
                            extra={"source": source_record(path, digest, url, official=official)})
     if len(prepared.vocab) != VOCAB:
         problem = (f"{path}: vocabulary of {len(prepared.vocab):,} words, the paper's is {VOCAB:,}; "
