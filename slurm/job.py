@@ -70,6 +70,12 @@ class TrainingJob(submitit.helpers.Checkpointable):
         # First, before any slow import: a time-limit signal other than submitit's would otherwise
         # kill the process (HUP's default action) instead of checkpointing.
         self._trap_stop_signals()
+        try:
+            return self._train()
+        except _Stall as stall:  # from checkpoint(), wherever the signal found the process
+            raise RunStalled(str(stall)) from None
+
+    def _train(self) -> str:
         # Imported here, not at the top: unpickling this job must be quick, because submitit
         # installs its signal handlers only after it (an early SIGUSR2 would kill the job).
         from experiments.run_config import load_run_config
@@ -83,9 +89,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
         self._record("start", self._start_step)
         try:
             code = run_training(load_run_config(run_dir.config), run_dir)
-        except _Stall as stall:
-            raise RunStalled(str(stall)) from None
-        except SystemExit:  # submitit's handler requeued the job (recorded by checkpoint()) and exits
+        except (SystemExit, _Stall):  # submitit requeued the job, or checkpoint() stopped it: recorded there
             raise
         except BaseException as err:
             self._record("end", checkpointed_step(run_dir.path), outcome=f"failed: {type(err).__name__}")
