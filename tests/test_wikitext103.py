@@ -179,7 +179,8 @@ def _wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen) -> None:
         if any(r["split"] == "train" and r["step"] >= step for r in records):
             return
         time.sleep(0.01)
-    raise AssertionError(f"training never reached step {step}")
+    stderr = proc.communicate(timeout=120)[1] if proc.poll() is not None else ""
+    raise AssertionError(f"training never reached step {step} (exit status {proc.poll()}): {stderr[-3000:]}")
 
 
 def test_sigkilled_and_resumed_run_is_bit_identical(wt103, reference_run, tmp_path):
