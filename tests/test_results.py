@@ -10,6 +10,7 @@ import json
 import pandas as pd
 import pytest
 
+from analysis.claims import evaluate_claims, format_claims
 from analysis.collect import collect_runs, load_runs
 from analysis.figure2 import figure2_data
 from analysis.inputs import resolve_run_dirs
@@ -41,3 +42,9 @@ def test_committed_figure_numbers_match_the_runs():
     again = figure2_data(load_runs([RESULTS / "runs"]))
     assert list(plotted["label"]) == list(again["label"])
     assert plotted["mean"].to_numpy() == pytest.approx(again["mean"].to_numpy(), rel=1e-9, nan_ok=True)
+
+
+def test_committed_claims_match_the_runs():
+    """claims.md is what `analysis.report --claims` says of the copied runs today."""
+    again = format_claims(evaluate_claims(load_runs([RESULTS / "runs"])), "markdown")
+    assert (RESULTS / "claims.md").read_text() == again

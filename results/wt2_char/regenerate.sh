@@ -25,4 +25,5 @@ done
 "$PY" -m analysis.figure2 "$out/runs" --out-dir "$out" --no-published
 "$PY" -m analysis.report "$out/runs/fig2_left_wt2" --baseline transformer --format markdown > "$out/report_left.md"
 "$PY" -m analysis.report "$out/runs/fig2_right_wt2" --baseline all_attention --format markdown > "$out/report_right.md"
-echo "written: $out/{runs.csv,curves.csv,figure2.png,figure2.pdf,figure2.csv,report_left.md,report_right.md}"
+"$PY" -m analysis.report "$out/runs" --claims > "$out/claims.md"
+echo "written: $out/{runs.csv,curves.csv,figure2.png,figure2.pdf,figure2.csv,report_left.md,report_right.md,claims.md}"
