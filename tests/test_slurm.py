@@ -26,7 +26,7 @@ from tests.slurm_cluster import require_slurm
 
 GOLDEN = Path(__file__).parent / "golden"
 DETERMINISTIC = ("step", "split", "loss", "bpc", "lr")
-FINISHED = {"DONE", "FAILED", "CANCELLED", "LOST", slurm_status.NOT_SUBMITTED, *slurm_status.TERMINAL_SACCT}
+FINISHED = {"DONE", "FAILED", "CANCELLED", "LOST", "STALLED", slurm_status.NOT_SUBMITTED, *slurm_status.TERMINAL_SACCT}
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +51,10 @@ def write_grid(folder: Path, corpus: Path, name: str, body: dict, **sections: di
     return path
 
 
-def submit(grid: Path, root: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def submit(grid: Path, root: Path, *args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "slurm.submit", str(grid), "--root", str(root), *args]
-    return subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
 
 
 def status(grid: Path, root: Path, *args: str) -> str:
@@ -357,3 +358,192 @@ def test_runs_submitted_with_set_and_only_are_followed_by_status_cancel_and_repo
     reported = pd.read_csv(io.StringIO(report.stdout))
     assert sorted(reported["num_persistent"]) == [4, 8] and set(reported["num_layers"]) == {1}
     assert "2 submitted run(s) matching --set train.steps=6 --only model.num_layers=1 from submission(s) #1" in report.stderr
+
+
+# --- issue 10 on the real SLURM: the stop signal, requeue on progress, --requeue, liveness ---
+
+
+def _wait_for(predicate, what: str, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _running_attempt(run_dir: Path, attempt: int, step: int = 0, stage: str | None = None):
+    def check() -> bool:
+        s = _status(run_dir)
+        return (s.get("state") == "RUNNING" and s.get("attempt") == attempt and s.get("step", 0) >= step
+                and (stage is None or s.get("stage") == stage))
+    return check
+
+
+def _local_profile(tmp_path: Path, **fields) -> Path:
+    """slurm/clusters/local.yaml with `fields` changed, as a profile file."""
+    data = yaml.safe_load((PROJECT_ROOT / "slurm" / "clusters" / "local.yaml").read_text())
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump({**data, **fields}))
+    return path
+
+
+def test_case06_a_non_default_time_limit_signal_checkpoints_and_requeues(corpus, tmp_path):
+    """A site sets SUBMITIT_PREEMPT_SIGNAL=HUP: the script asks SLURM for HUP, and HUP (what SLURM
+    sends before the limit; here sent by hand) checkpoints and requeues the run, which then ends
+    exactly like an uninterrupted one."""
+    require_slurm()
+    grid = _long_run(tmp_path, corpus, "hup", steps=600)
+    root = tmp_path / "root"
+    proc = submit(grid, root, "--cluster", "local", env={"SUBMITIT_PREEMPT_SIGNAL": "HUP"})
+    assert proc.returncode == 0, proc.stderr
+    assert "requeue: --requeue; SIGHUP 45 s before each limit" in proc.stdout
+    (script,) = (root / "hup" / ".submitit").glob(".submission_file_*.sh")
+    assert "#SBATCH --signal=HUP@45" in script.read_text() and "#SBATCH --requeue" in script.read_text()
+    (run_dir,) = load_grid(grid).run_dirs(root)
+    _wait_for(_running_attempt(run_dir, 1, step=60), "step 60")
+    subprocess.run(["scancel", "--signal=HUP", _job_of(root, "hup")], check=True)
+    (final,) = wait_done(grid, root, timeout=300)
+    assert final["state"] == "DONE" and final["attempt"] == 2, final
+    from slurm.job import read_attempts
+
+    first = read_attempts(run_dir)[0]
+    assert first["outcome"] == "requeued" and 60 <= first["end"] < 600
+    assert results(grid, root) == _reference(tmp_path, grid)
+
+
+def test_case06_the_profile_s_stop_signal_is_asked_for_and_trapped(corpus, tmp_path):
+    grid = _long_run(tmp_path, corpus, "usr1", steps=600)
+    proc = submit(grid, tmp_path / "root", "--cluster", str(_local_profile(tmp_path, stop_signal="SIGUSR1")),
+                  "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    (script,) = (tmp_path / "root" / "usr1" / "dry-run").glob("*.sbatch")
+    assert script.read_text().count("--signal=") == 1 and "#SBATCH --signal=USR1@45" in script.read_text()
+    bad = submit(grid, tmp_path / "root", "--cluster", str(_local_profile(tmp_path, stop_signal="TERM")), "--dry-run")
+    assert bad.returncode == 2 and "stop_signal: SIGTERM cannot be the time-limit signal" in bad.stderr
+
+
+def test_case06_a_registered_signal_stops_at_a_step_boundary_and_goes_to_the_handler_before(tmp_path):
+    import signal
+
+    from experiments import interrupt
+    from experiments.distributed import DistContext
+
+    handled = []
+    previous = signal.signal(signal.SIGHUP, lambda signum, frame: handled.append(signum))
+    interrupt.register_requeue_signal(signal.SIGHUP)
+    try:
+        flag = interrupt.InterruptFlag()
+        with flag:
+            os.kill(os.getpid(), signal.SIGHUP)
+            assert handled == []  # only recorded while training
+            ctx = DistContext(rank=0, world_size=1, device=__import__("torch").device("cpu"))
+            assert flag.agreed(ctx) == signal.SIGHUP
+            assert flag.forward(signal.SIGHUP) is True
+        assert handled == [signal.SIGHUP]  # handed to the handler installed before (submitit's requeue)
+    finally:
+        interrupt.unregister_requeue_signal(signal.SIGHUP)
+        signal.signal(signal.SIGHUP, previous)
+    with pytest.raises(ValueError):
+        interrupt.register_requeue_signal(signal.SIGTERM)
+
+
+def test_case07_a_run_slower_than_its_estimate_is_requeued_while_it_progresses(corpus, tmp_path):
+    """Five time-limit signals on a run whose estimate allowed three requeues (timeout_min <= 10: submitit
+    counts each as a timeout): every attempt advanced, so every one is requeued, and the run finishes
+    with the same numbers as an uninterrupted one; slurm.status shows each attempt's progress."""
+    require_slurm()
+    grid = _long_run(tmp_path, corpus, "slow", steps=2400, timeout_min=5)
+    root = tmp_path / "root"
+    assert submit(grid, root, "--cluster", "local").returncode == 0
+    (run_dir,) = load_grid(grid).run_dirs(root)
+    job = _job_of(root, "slow")
+    step = 0
+    for attempt in range(1, 6):
+        _wait_for(_running_attempt(run_dir, attempt, step=step + 20), f"attempt {attempt} past step {step + 20}")
+        step = _status(run_dir)["step"]
+        subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    (final,) = wait_done(grid, root, timeout=400)
+    assert final["state"] == "DONE" and final["attempt"] == 6, final
+    from slurm.job import read_attempts
+
+    attempts = read_attempts(run_dir)
+    assert [a["outcome"] for a in attempts] == ["requeued"] * 5 + ["done"]
+    assert all(a["end"] > a["start"] for a in attempts)
+    row = next(line for line in status(grid, root).splitlines() if line.startswith(run_dir.name))
+    assert " DONE " in row and len(re.findall(r"\+\d+", row.split(job, 1)[1])) == 6
+    assert results(grid, root) == _reference(tmp_path, grid)
+
+
+def test_case07_a_run_without_progress_stops_stalled_and_a_resubmission_finishes_it(tmp_path):
+    """With max_stalled_attempts 1, an attempt signalled during the final evaluation (its weights
+    checkpointed: no step to gain) stops the run as STALLED, one line, not FAILED; resubmitting finishes it."""
+    require_slurm()
+    from experiments import data
+
+    corpus = tmp_path / "big-eval"
+    data.main(["prepare", "lexicon", "--out", str(corpus), "--num-words", "50", "--train-chars", "20000",
+               "--valid-chars", "300000", "--test-chars", "300000"])
+    grid = write_grid(tmp_path, corpus, "stall", {}, train={"steps": 100, "checkpoint_every": 50, "log_every": 10,
+                                                            "eval_every": 1000},
+                      eval={"batch_size": 2, "max_tokens": None})
+    root = tmp_path / "root"
+    profile = str(_local_profile(tmp_path, max_stalled_attempts=1))
+    assert submit(grid, root, "--cluster", profile).returncode == 0
+    (run_dir,) = load_grid(grid).run_dirs(root)
+    job = _job_of(root, "stall")
+    for attempt in (1, 2):  # the first attempt advanced 0 -> 100 (requeued), the second nothing (stalled)
+        _wait_for(_running_attempt(run_dir, attempt, stage="eval"), f"attempt {attempt} evaluating")
+        subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    (stalled,) = wait_done(grid, root, timeout=120)
+    assert (stalled["state"], stalled["stage"], stalled["step"]) == ("PENDING", "stalled", 100), stalled
+    assert "Traceback" not in stalled["error"] and "\n" not in stalled["error"]
+    table = status(grid, root, "--tail")
+    assert " STALLED " in table and "+100 +0 stalled" in table and "no progress in 1 attempt(s)" in table
+    again = submit(grid, root, "--cluster", profile)
+    assert again.returncode == 0 and "1 to submit" in again.stdout
+    (final,) = wait_done(grid, root, timeout=300)
+    assert final["state"] == "DONE" and final["attempt"] == 3 and final["error"] is None
+
+
+def test_case16_the_job_asks_for_requeue_itself(corpus, tmp_path):
+    """Every script says --requeue, so the job is requeueable whatever the site's JobRequeue default;
+    a job without it (what such a site gives) cannot be requeued, which is why."""
+    require_slurm()
+    grid, root = _running_on_slurm(tmp_path, corpus, "requeueable", steps=600, step=20)
+    job = _job_of(root, "requeueable")
+    shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, check=True).stdout
+    assert "Requeue=1" in shown
+    script = subprocess.run(["scontrol", "write", "batch_script", job, "-"], capture_output=True, text=True).stdout
+    assert "#SBATCH --requeue" in script
+    subprocess.run(["scancel", job], check=True)
+    plain = subprocess.run(["sbatch", "--parsable", "--no-requeue", "-o", "/dev/null", "--wrap", "sleep 30"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        refused = subprocess.run(["scontrol", "requeue", plain], capture_output=True, text=True)
+        assert refused.returncode != 0 and "disabled" in refused.stderr + refused.stdout
+    finally:
+        subprocess.run(["scancel", plain])
+
+
+def test_case03_a_slurm_job_id_that_is_not_the_grid_s_is_not_its_run_s(corpus, tmp_path):
+    """A recorded job id now held by another job (ids are reused after a state purge): not live, not cancelled."""
+    require_slurm()
+    from experiments import manifest as record
+    from experiments.run_dir import RunDir
+
+    grid = write_grid(tmp_path, corpus, "purged", {})
+    root = tmp_path / "root"
+    (run_dir,) = load_grid(grid).run_dirs(root)
+    RunDir(run_dir).write_status("RUNNING", stage="train", step=5)
+    other = subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", "--wrap", "sleep 60"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        record.record_jobs(root / "purged", record.new_submission(grid, [], []), [(run_dir.name, run_dir, other, 0)],
+                           "slurm")
+        _wait_for(lambda: manifest.slurm_states([other]).get(other) in ("RUNNING", "PENDING"), "the other job")
+        assert manifest.live_runs(root / "purged") == {}
+        assert "cancelled 0 of 1" in status(grid, root, "--cancel")
+        assert manifest.slurm_states([other]).get(other) in ("RUNNING", "PENDING")
+    finally:
+        subprocess.run(["scancel", other])
