@@ -67,6 +67,8 @@ def scan_run_dirs(root: Path) -> list[Path]:
         if RUN_MARKER in files:
             found.append(Path(current))
             subdirs.clear()  # a run's own folders (checkpoints/, slurm/) hold no runs
+        else:  # hidden folders (.replaced/ of --force, .submitit/) hold no runs to analyse
+            subdirs[:] = [d for d in subdirs if not d.startswith(".")]
     return sorted(found)
 
 

@@ -461,3 +461,13 @@ def test_figure2_draws_points_with_intervals_labels_and_the_claims(demo_runs: pd
     assert "(c) the joint softmax better than each separate variant: inconclusive at n=2" in text
     paths = write_figure2(data, tmp_path / "a", False, claims)
     assert paths[0].read_bytes() == write_figure2(data, tmp_path / "b", False, claims)[0].read_bytes()
+
+
+def test_folder_scan_skips_hidden_folders(tmp_path: Path) -> None:
+    """`submit --force` keeps the old run under <grid>/.replaced/: a folder scan never reads it."""
+    from analysis.inputs import scan_run_dirs
+
+    for rel in ("grid/run-a", "grid/.replaced/run-a-20261129", "grid/.submitit/x/run"):
+        (tmp_path / rel).mkdir(parents=True)
+        (tmp_path / rel / "config.yaml").write_text("name: x\n")
+    assert scan_run_dirs(tmp_path) == [tmp_path / "grid" / "run-a"]
