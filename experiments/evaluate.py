@@ -7,7 +7,9 @@ CKPT is a training checkpoint folder (`checkpoints/step_N`) or a `.pt` file hold
 file's bytes are mapped to tokens exactly as the config's prepared corpus was
 (`experiments.data.encode_text`: same symbols, same ids, a newline is `<eos>`);
 without it, the prepared valid and test splits are evaluated. One JSON line per
-split on stdout.
+split on stdout. A training checkpoint carries the hash of the config it was trained
+with: evaluating it with another config is refused in one line, unless
+`--allow-config-mismatch` says it is intended (every line then records both hashes).
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ from experiments.distributed import DistContext
 from experiments.evaluation import SPLITS, evaluate_tokens
 from experiments.run_config import data_path, load_run_config
 from model import build_model
-from model.convert_official import read_model_state
+from experiments.train_checkpoint import config_mismatch
+from model.convert_official import read_checkpoint, read_model_state
 from model.errors import UserError
 
 
@@ -37,6 +40,19 @@ def load_model_weights(path: Path) -> dict:
     return read_model_state(path / "shared.pt" if path.is_dir() else path)
 
 
+def _config_identity(cfg, payload: dict, allow_mismatch: bool) -> dict:
+    """The hashes of the config given and of the one the checkpoint was trained with (recorded in
+    every output line); a checkpoint trained with another config is refused unless `allow_mismatch`."""
+    trained = payload.get("config_hash")
+    if trained is None:  # not a training checkpoint of this harness (e.g. converted from the authors')
+        return {}
+    mismatch = config_mismatch(cfg, payload)
+    if mismatch and not allow_mismatch:
+        raise UserError(f"the checkpoint was trained with another config ({mismatch}); evaluate it with its own "
+                        "config, or pass --allow-config-mismatch if this is intended")
+    return {"config_hash": cfg.config_hash, "checkpoint_config_hash": trained, "config_mismatch": bool(mismatch)}
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m experiments.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("config", help="run config YAML")
@@ -46,6 +62,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                         help="precision of the weights, caches and arithmetic (default: float32)")
+    parser.add_argument("--allow-config-mismatch", action="store_true",
+                        help="evaluate a checkpoint trained with another config (both hashes are recorded)")
     return parser.parse_args(argv)
 
 
@@ -54,8 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = load_run_config(args.config, args.set)
     corpus = load_corpus(data_path(cfg), cfg.data.dataset)
     model = build_model(cfg.model)
+    payload = read_checkpoint(args.checkpoint / "shared.pt" if args.checkpoint.is_dir() else args.checkpoint)
+    identity = _config_identity(cfg, payload, args.allow_config_mismatch)
     try:
-        model.load_state_dict(load_model_weights(args.checkpoint))
+        model.load_state_dict(payload["model"])
     except RuntimeError as err:
         raise UserError(f"checkpoint does not fit the config: {str(err).splitlines()[1].strip()}") from None
     model = model.to(DTYPES[args.dtype])
@@ -64,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sources = {"text": encode_text(args.text, corpus.meta)} if args.text else {s: corpus.split(s) for s in SPLITS}
     for name, tokens in sources.items():
         record = evaluate_tokens(model, tokens, cfg.train.block_size, batch, ctx, corpus.unit)
-        print(json.dumps({"split": name, **record}))
+        print(json.dumps({"split": name, **record, **identity}))
     return 0
 
 

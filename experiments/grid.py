@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from experiments.config import apply_overrides, merge, parse_yaml, read_yaml_file
-from experiments.run_config import RunConfig, run_config_from_dict
+from experiments.run_config import RunConfig, find_run_dir, run_config_from_dict
 from experiments.run_dir import PROJECT_ROOT
 from model.errors import ConfigError
 
@@ -36,7 +36,8 @@ class Grid:
     runs: list[RunConfig]
 
     def run_dir(self, cfg: RunConfig, root: Path | None = None) -> Path:
-        return Path(root or DEFAULT_ROOT) / self.name / cfg.run_id
+        """`<root>/<grid>/<run_id>`, or the folder an earlier hash rule named (run_config.find_run_dir)."""
+        return find_run_dir(Path(root or DEFAULT_ROOT) / self.name, cfg)
 
     def run_dirs(self, root: Path | None = None) -> list[Path]:
         return [self.run_dir(cfg, root) for cfg in self.runs]

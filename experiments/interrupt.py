@@ -20,8 +20,11 @@ from types import FrameType
 
 from experiments.distributed import DistContext
 
-SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
-"""The signals always trapped; `stop_signals()` adds the registered time-limit signals."""
+SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
+"""The signals always trapped; `stop_signals()` adds the registered time-limit signals.
+SIGINT (Ctrl-C in a terminal) is handled as SIGTERM: checkpoint at the next step boundary,
+then stop (exit 130, status PENDING); a second Ctrl-C before that stops at once
+(KeyboardInterrupt; the previous checkpoint stays)."""
 
 _REQUEUE_EXTRA: list[int] = []
 
@@ -76,6 +79,8 @@ class InterruptFlag:
         self._previous.clear()
 
     def _record(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt  # Ctrl-C twice: the user will not wait for the checkpoint
         self.signum, self._frame = signum, frame
 
     def agreed(self, ctx: DistContext) -> int | None:

@@ -262,6 +262,7 @@ def select(grid_file: str | os.PathLike, root: str | os.PathLike, overrides: Seq
     """The runs of a grid to show (module docstring), in a stable order."""
     # Imported here: reading a manifest (and the analysis of result folders) needs no config stack.
     from experiments.grid import load_grid
+    from experiments.run_config import find_run_dir
 
     grid_file, overrides, only = Path(grid_file), list(overrides), list(only)
     if not grid_file.is_file():
@@ -276,9 +277,14 @@ def select(grid_file: str | os.PathLike, root: str | os.PathLike, overrides: Seq
             chosen[run_id] = SelectedRun(run_id, current.run_dir(run_id), current.runs.get(run_id),
                                          current.submissions_of(run_id))
 
+    def add_config(cfg) -> None:
+        """A run of the expansion under the id it was recorded or made with (a folder named by
+        the hash rule before cadence left it keeps its name: run_config.find_run_dir)."""
+        add(cfg.run_id if cfg.run_id in current.runs else find_run_dir(current.grid_dir, cfg).name)
+
     if overrides or only:
         for cfg in load_grid(grid_file, only, overrides).runs:
-            add(cfg.run_id)
+            add_config(cfg)
     else:
         for settings in _distinct_overrides(current.submissions):
             try:
@@ -289,7 +295,7 @@ def select(grid_file: str | os.PathLike, root: str | os.PathLike, overrides: Seq
                 notes.append(f"the grid no longer expands with {' '.join(settings)} ({err})")
                 continue
             for cfg in expansion:
-                add(cfg.run_id)
+                add_config(cfg)
         for submission in current.submissions:
             for run_id in submission.runs:
                 add(run_id)

@@ -1,9 +1,17 @@
 """A run config: the sections of DESIGN §3 in one typed object, and its identity.
 
 `run_id = <name>-<first 8 hex of sha256(canonical JSON of the resolved config)>`,
-where fields that cannot change results (`name`, `grid`, the `slurm` and `log`
-sections: NOT_HASHED) are left out of the hash, so moving a run to another
-partition or turning tracking on keeps its id.
+where fields that cannot change the trained model or its final evaluation are left
+out of the hash (NOT_HASHED): the name and grid, the `slurm` and `log` sections, the
+attention implementation, the cadence of logging, checkpoints and partial validation,
+and the process layout (`train.batch_split`; the number of processes never was in it).
+So moving a run to another partition, turning tracking on, checkpointing more often
+or resuming on other GPUs keeps its id.
+
+Run directories made before cadence left the hash are named by the legacy hash
+(`legacy_config_hash`, computed the old way from the same config): `find_run_dir`
+looks a run up under its id first, then under the legacy id, then by content (a
+`<name>-<8 hex>` folder whose config.yaml has this hash), so they still resolve.
 """
 from __future__ import annotations
 
@@ -27,10 +35,18 @@ from experiments.train_config import TrainConfig
 from model.config import ModelConfig
 from model.errors import ConfigError, UserError
 
-NOT_HASHED = ("name", "grid", "slurm", "log", "model.attention")
+CADENCE = ("train.checkpoint_every", "train.log_every", "train.eval_every", "train.val_fraction",
+           "train.checkpoint_caches", "train.batch_split")
+"""How often a run logs, checkpoints and validates partially (and on how large a part), what
+its checkpoints hold, and how its rows are cut into micro-batches: none changes the trained
+model (batch_split only its float rounding, like the number of processes) or its final evaluation."""
+NOT_HASHED = ("name", "grid", "slurm", "log", "model.attention", *CADENCE)
 """Dotted paths left out of the run-id hash: they cannot change the trained model
 (`model.attention` picks an implementation of the same math: `model/fused_attention.py`;
-`log` says where curves are shown: `experiments/log_config.py`)."""
+`log` says where curves are shown: `experiments/log_config.py`; CADENCE)."""
+LEGACY_NOT_HASHED = ("name", "grid", "slurm", "log", "model.attention", "train.checkpoint_caches")
+"""The rule before the cadence fields left the hash (fields added since are left out too,
+as configs of that time did not have them): the names of run directories made then."""
 
 
 @dataclass
@@ -63,13 +79,29 @@ class RunConfig:
 
     @property
     def config_hash(self) -> str:
-        hashed = _without(self.to_dict(), NOT_HASHED)
+        return self._hash(NOT_HASHED)
+
+    @property
+    def legacy_config_hash(self) -> str:
+        """The hash as computed before the cadence fields left it (LEGACY_NOT_HASHED)."""
+        return self._hash(LEGACY_NOT_HASHED)
+
+    def _hash(self, not_hashed: Iterable[str]) -> str:
+        hashed = _without(self.to_dict(), not_hashed)
         canonical = json.dumps(hashed, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:8]
 
     @property
     def run_id(self) -> str:
         return f"{self.name}-{self.config_hash}"
+
+    @property
+    def legacy_run_id(self) -> str:
+        return f"{self.name}-{self.legacy_config_hash}"
+
+    def known_hashes(self) -> set[str]:
+        """Hashes a checkpoint or run folder of this config may carry: the current and the legacy one."""
+        return {self.config_hash, self.legacy_config_hash}
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -87,6 +119,25 @@ def _without(data: dict, paths: Iterable[str]) -> dict:
         else:
             del out[head]
     return out
+
+
+def find_run_dir(grid_dir: str | Path, cfg: RunConfig) -> Path:
+    """Where `cfg`'s run lives in `grid_dir`: `<run_id>`; else a folder made before the cadence
+    fields left the hash, `<legacy_run_id>`; else a `<name>-<8 hex>` folder whose config.yaml has
+    this config's hash (a legacy run resumed with another cadence); else `<run_id>` (a new run)."""
+    grid_dir = Path(grid_dir)
+    for run_id in (cfg.run_id, cfg.legacy_run_id):
+        if (grid_dir / run_id / "config.yaml").is_file():
+            return grid_dir / run_id
+    pattern = re.compile(re.escape(cfg.name) + r"-[0-9a-f]{8}")
+    candidates = sorted(p for p in grid_dir.glob(f"{cfg.name}-*") if pattern.fullmatch(p.name))
+    for folder in candidates:
+        try:
+            if (folder / "config.yaml").is_file() and load_run_config(folder / "config.yaml").config_hash == cfg.config_hash:
+                return folder
+        except (UserError, OSError):  # a damaged config.yaml is not this run's
+            continue
+    return grid_dir / cfg.run_id
 
 
 def load_run_config(path: str | Path, overrides: Iterable[str] = ()) -> RunConfig:

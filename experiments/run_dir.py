@@ -6,6 +6,8 @@ leaves at most a torn last line, which readers tolerate.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import platform
@@ -20,6 +22,7 @@ from typing import Any
 import torch
 
 from experiments.atomic import atomic_write_json, atomic_write_text
+from model.errors import UserError
 
 STATES = ("PENDING", "RUNNING", "DONE", "FAILED", "CANCELLED")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -54,15 +57,29 @@ class RunDir:
         return status if status else {"state": "PENDING", "stage": None, "step": 0, "attempt": 0, "error": None}
 
     def write_status(self, state: str, **fields: Any) -> None:
-        """Rewrite status.json, keeping fields not given (step, attempt, ...)."""
+        """Rewrite status.json, keeping fields not given (step, attempt, ...), except `error`: it is
+        the error of the state written now (None unless given), never one left by an earlier state.
+
+        On a full disk the atomic rewrite (a new temporary file) cannot be made; the file is then
+        rewritten in place, which needs no new block, so that a run always leaves a final state.
+        """
         assert state in STATES, state
-        status = {**self.read_status(), **fields, "state": state, "heartbeat": time.time()}
-        atomic_write_json(self.status_file, status)
+        status = {**self.read_status(), "error": None, **fields, "state": state, "heartbeat": time.time()}
+        try:
+            atomic_write_json(self.status_file, status)
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT) or not self.status_file.exists():
+                raise
+            _rewrite_in_place(self.status_file, (json.dumps(status, indent=2, sort_keys=True) + "\n").encode())
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        with open(self.metrics, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
-            f.flush()
+        try:
+            with open(self.metrics, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record, sort_keys=True) + "\n")
+                f.flush()
+        except OSError as err:
+            err.filename = err.filename or str(self.metrics)  # a failed write names no file: say which
+            raise
 
     def write_eval(self, result: dict[str, Any]) -> None:
         atomic_write_json(self.eval_file, result)
@@ -70,8 +87,9 @@ class RunDir:
     def is_done(self) -> bool:
         return self.read_status().get("state") == "DONE" and self.eval_file.exists()
 
-    def record_provenance(self, attempt: int) -> None:
-        """Write provenance.json for this attempt, keeping earlier attempts' job ids."""
+    def record_provenance(self, attempt: int, **fields: Any) -> None:
+        """Write provenance.json for this attempt (plus `fields`, e.g. the data identity and the
+        process layout), keeping earlier attempts' job ids and resumes."""
         previous = _read_json(self.provenance_file)
         job_ids = previous.get("slurm_job_ids", [])
         job_id = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
@@ -85,7 +103,101 @@ class RunDir:
             "git_sha": sha, "git_dirty": dirty, "python": platform.python_version(),
             "torch": torch.__version__, "cuda": torch.version.cuda, "host": socket.gethostname(),
             "slurm_job_ids": job_ids, "command": " ".join(sys.argv), "attempts": attempt,
+            "resumes": previous.get("resumes", []), **fields,
         })
+
+    def record_resume(self, attempt: int, resume: dict[str, Any]) -> None:
+        """Add how this attempt resumed (from which checkpoint and layout, caches restored or empty)
+        to provenance.json's `resumes`."""
+        provenance = _read_json(self.provenance_file)
+        provenance["resumes"] = [*provenance.get("resumes", []), {"attempt": attempt, **resume}]
+        atomic_write_json(self.provenance_file, provenance)
+
+    def lock(self) -> "OwnerLock":
+        """Take this run directory for this process's whole life (OwnerLock)."""
+        return OwnerLock.take(self.path / LOCK_FILE)
+
+
+LOCK_FILE = ".owner.lock"
+
+
+class RunDirBusy(UserError):
+    """Another trainer owns the run directory."""
+
+
+class OwnerLock:
+    """One owner per run directory: an exclusive flock(2) on `<run_dir>/.owner.lock`, held by the
+    trainer for its whole life and released by the OS when the process ends, however it ends
+    (also on a shared filesystem whose flock is cluster-wide: NFSv4, Lustre mounted with
+    `-o flock`, GPFS). The file names its holder (host, pid, SLURM job id, since when).
+
+    Where the filesystem has no flock (Lustre `-o noflock`, some FUSE mounts) the lock cannot be
+    taken: the trainer warns once and runs unguarded. Where flock is only node-local (Lustre
+    `-o localflock`), two trainers on different nodes are not stopped.
+    """
+
+    def __init__(self, path: Path, fd: int | None, warning: str | None = None):
+        self.path, self._fd, self.warning = path, fd, warning
+        self.created_dir = False
+        """Whether the taker made the run directory (a new run) just before taking it."""
+
+    @classmethod
+    def take(cls, path: Path) -> "OwnerLock":
+        """The lock, or RunDirBusy naming the holder; never waits, and a refused caller changes nothing."""
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            holder = _read_holder(fd)
+            os.close(fd)
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunDirBusy(f"{path.parent} is being trained by another trainer ({holder}); this one "
+                                 "exits without touching it") from None
+            return cls(path, None, f"cannot lock {path} ({err.strerror or err}): this filesystem has no flock, "
+                                   "so a second trainer on this run directory would not be stopped")
+        holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                  "slurm_job_id": _slurm_job_id()}
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        except OSError:  # a full disk: the lock holds all the same, only its holder is not named
+            pass
+        return cls(path, fd)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the last descriptor releases the flock
+            self._fd = None
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+        words = [f"host {info['host']}", f"pid {info['pid']}"]
+        if info.get("slurm_job_id"):
+            words.append(f"SLURM job {info['slurm_job_id']}")
+        if info.get("since"):
+            words.append(f"since {info['since']}")
+        return ", ".join(words)
+    except (OSError, ValueError, KeyError, TypeError):
+        return "holder not recorded yet"
+
+
+def _slurm_job_id() -> str | None:
+    job_id = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{job_id}_{task}" if job_id and task and os.environ.get("SLURM_ARRAY_JOB_ID") else job_id
+
+
+def _rewrite_in_place(path: Path, data: bytes) -> None:
+    """Overwrite a small file without a new file: the blocks it holds are reused."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _well_formed_status(status: dict[str, Any]) -> bool:

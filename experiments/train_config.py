@@ -38,6 +38,11 @@ class TrainConfig:
     """bf16 autocast on CUDA (off by default; the paper trained in fp32)."""
     threads: int = 0
     """torch intra-op threads on CPU; 0 keeps torch's default."""
+    checkpoint_caches: str = "exact"
+    """'exact': every checkpoint holds each rank's layer caches, so a run resumed on the same layout
+    ends bit-identical to an uninterrupted one; 'none': checkpoints hold the model, optimizer and
+    progress only (much smaller at long spans), and a resumed run starts its caches empty (said in
+    its log and provenance.json). Not part of the run id."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "block_size", "batch_size", "batch_split", "checkpoint_every", "log_every", "eval_every"):
@@ -52,6 +57,8 @@ class TrainConfig:
             raise ConfigError("finetune_lr_scale", f"must be in (0, 1], got {self.finetune_lr_scale}")
         if not 0.0 < self.val_fraction <= 1.0:
             raise ConfigError("val_fraction", f"must be in (0, 1], got {self.val_fraction}")
+        if self.checkpoint_caches not in ("exact", "none"):
+            raise ConfigError("checkpoint_caches", f"must be exact or none, got {self.checkpoint_caches!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError("device", f"must be auto, cpu or cuda, got {self.device!r}")
 

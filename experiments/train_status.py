@@ -14,6 +14,9 @@ class StatusWriter:
         """This attempt's number, counted by `next_attempt`."""
         self.last_state: str | None = None
         """The state last written by this attempt (PENDING, RUNNING, DONE, ...), None before the first."""
+        self.note: str | None = None
+        """What this attempt's status should say beside its state (e.g. an inexact resume: its caches
+        started empty); written as `note` with every state of this attempt, and only of this attempt."""
 
     def next_attempt(self) -> int:
         """Count this attempt: one more than the attempt status.json holds (0 when there is none)."""
@@ -24,7 +27,7 @@ class StatusWriter:
         """Write `state` at `step`; a `stage` of None keeps the stage written before."""
         self.last_state = state
         if self.ctx.is_main:
-            fields = {"step": step, "attempt": self.attempt}
+            fields = {"step": step, "attempt": self.attempt, "note": self.note}
             if stage is not None:
                 fields["stage"] = stage
             self.run_dir.write_status(state, **fields)

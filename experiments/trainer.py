@@ -29,7 +29,7 @@ from experiments.evaluation import EvaluationStopped
 from experiments.interrupt import InterruptFlag
 from experiments.run_config import RunConfig
 from experiments.run_dir import RunDir
-from experiments.train_checkpoint import Checkpointer
+from experiments.train_checkpoint import Checkpointer, accepted_hashes
 from experiments.train_eval import TrainEvaluation
 from experiments.train_metrics import MetricsWriter
 from experiments.train_state import TrainState
@@ -54,7 +54,12 @@ class Trainer:
         self.evaluation = TrainEvaluation(cfg, self.model, corpus, run_dir, ctx)
         self.metrics = MetricsWriter(cfg, run_dir, ctx, corpus.unit)
         self.status = StatusWriter(run_dir, ctx)
-        self.checkpoints = Checkpointer(run_dir.checkpoints, cfg.config_hash, self.model, self.updater.optimizer, ctx)
+        self.checkpoints = Checkpointer(run_dir.checkpoints, cfg.config_hash, self.model, self.updater.optimizer, ctx,
+                                        batch_split=cfg.train.batch_split, caches=cfg.train.checkpoint_caches,
+                                        seed=cfg.train.seed, accepted_hashes=accepted_hashes(cfg, run_dir),
+                                        config=cfg.to_dict())
+        self.restart = False
+        """Start over at step 0 even when every checkpoint is unreadable (`experiments.train --restart`)."""
         self.interrupt = InterruptFlag()
 
     def run(self) -> None:
@@ -72,12 +77,22 @@ class Trainer:
             self.metrics.close(self.status.last_state)
 
     def resume(self) -> None:
-        """Load the newest readable checkpoint, if any, and count this attempt."""
+        """Load the newest readable checkpoint, if any, and count this attempt. A checkpoint of another
+        process layout, or without caches, resumes with empty caches: said in the log, status.json
+        and provenance.json (experiments/train_checkpoint.py)."""
         attempt = self.status.next_attempt()
-        restored = self.checkpoints.restore()
-        if restored is not None:
-            self.state, self.updater.caches = restored
-            log.info("resumed from step %d (attempt %d)", self.state.step, attempt)
+        restored = self.checkpoints.restore(skip_damaged=self.restart)
+        if restored is None:
+            return
+        self.state = restored.state
+        if restored.caches is not None:
+            self.updater.caches = restored.caches
+        log.info("resumed from step %d (attempt %d)", self.state.step, attempt)
+        if restored.note:
+            log.warning("resumed inexactly: %s", restored.note)
+            self.status.note = restored.note
+        if self.ctx.is_main:
+            self.run_dir.record_resume(attempt, restored.resume)
 
     def train_step(self, lr_scale: float) -> float:
         """One optimizer update at the stage's `lr_scale`; the mean train nll in nats."""
