@@ -93,16 +93,12 @@ def run_training(cfg: RunConfig, run_dir: RunDir, *, restart: bool = False) -> i
         except UserError as err:  # said in one line by the command (experiments/cli.py)
             _settle(run_dir, ctx, "FAILED", str(err), trainer)
             raise
-        except OSError as err:
-            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
-                _fail(run_dir, ctx, _traceback_tail(), trainer)
-                log.error("run failed at step %s: %s", _step(trainer), _one_line(err))
-                raise
-            _fail(run_dir, ctx, disk_full_line(err), trainer)
-            return 1
         except Exception as err:
-            _fail(run_dir, ctx, _traceback_tail(), trainer)
-            log.error("run failed at step %s: %s (traceback above; status.json: FAILED)", _step(trainer),
+            if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+                _fail(run_dir, ctx, disk_full_line(err), trainer)  # that line alone: no traceback
+                return 1
+            _settle(run_dir, ctx, "FAILED", _traceback_tail(), trainer)
+            log.error("run failed at step %s: %s (status.json: FAILED; the traceback follows)", _step(trainer),
                       _one_line(err))
             raise
         except KeyboardInterrupt:  # Ctrl-C twice: no checkpoint, the previous one stays
@@ -132,12 +128,12 @@ def _preflight(cfg: RunConfig, ctx: DistContext) -> Corpus:
 
 
 def _on_rank0(ctx: DistContext, action: Callable[[], T]) -> T | None:
-    """`action()` on rank 0; when it raises UserError there, every rank raises (none waits forever)."""
+    """`action()` on rank 0; when it raises there, every rank raises (none waits forever)."""
     result, error = None, None
     if ctx.is_main:
         try:
             result = action()
-        except UserError as err:
+        except Exception as err:  # noqa: BLE001 - re-raised below, after every rank knows
             error = err
     if not ctx.all_agree(error is None):
         raise error or UserError("rank 0 refused to start the run (its error line says why)")
@@ -223,7 +219,7 @@ def _start(cfg: RunConfig, run_dir: RunDir, ctx: DistContext, corpus: Corpus, re
         prepare_run_dir(cfg, run_dir)
         write_stamp(verified or {})
         if restart:
-            _set_aside_checkpoints(run_dir)
+            _set_aside(run_dir)
         attempt = int(run_dir.read_status().get("attempt") or 0) + 1
         location = data_path(cfg)
         run_dir.record_provenance(
@@ -242,12 +238,17 @@ def _start(cfg: RunConfig, run_dir: RunDir, ctx: DistContext, corpus: Corpus, re
     return trainer
 
 
-def _set_aside_checkpoints(run_dir: RunDir) -> None:
-    """--restart: the old checkpoints move to `checkpoints.before-restart-<time>/` (delete it when sure)."""
-    if run_dir.checkpoints.exists() and any(run_dir.checkpoints.iterdir()):
-        aside = run_dir.path / f"checkpoints.before-restart-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir.checkpoints.rename(aside)
-        log.warning("--restart: starting over at step 0; the old checkpoints are in %s", aside)
+def _set_aside(run_dir: RunDir) -> None:
+    """--restart: the old checkpoints, metrics and evaluation move to `before-restart-<time>/`
+    (delete it when sure); the run starts over at step 0."""
+    old = [p for p in (run_dir.checkpoints, run_dir.metrics, run_dir.eval_file, run_dir.path / "tensorboard")
+           if p.exists()]
+    aside = run_dir.path / f"before-restart-{time.strftime('%Y%m%d-%H%M%S')}"
+    if old:
+        aside.mkdir()
+        for path in old:
+            path.rename(aside / path.name)
+    log.warning("--restart: starting over at step 0%s", f"; the run's earlier files are in {aside}" if old else "")
 
 
 def disk_full_line(err: OSError) -> str:
@@ -304,8 +305,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="override a config value, e.g. --set model.num_persistent=256 (repeatable)")
     parser.add_argument("--run-dir", type=Path, help="run directory (default runs/<grid>/<run_id>)")
     parser.add_argument("--restart", action="store_true",
-                        help="start the run over at step 0: its checkpoints move to checkpoints.before-restart-*/ "
-                             "(needed when every checkpoint is unreadable)")
+                        help="start the run over at step 0: its checkpoints, metrics and eval.json move to "
+                             "before-restart-<time>/ (needed when every checkpoint is unreadable)")
     return parser.parse_args(argv)
 
 

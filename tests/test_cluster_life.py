@@ -1091,8 +1091,10 @@ def test_case18_every_checkpoint_unreadable_is_an_error_naming_them_and_restart_
     restarted[0].send_signal(signal.SIGTERM)
     (code, stderr), = _finish(restarted)
     assert code == 143 and "starting over at step 0" in stderr, stderr
-    aside = list(run.glob("checkpoints.before-restart-*"))
-    assert len(aside) == 1 and sorted(p.name for p in aside[0].iterdir()) == [f"step_{s:09d}" for s in sorted(steps)]
+    (aside,) = run.glob("before-restart-*")
+    assert sorted(p.name for p in (aside / "checkpoints").iterdir()) == [f"step_{s:09d}" for s in sorted(steps)]
+    assert (aside / "metrics.jsonl").exists()
+    assert {r["attempt"] for r in read_metrics(run / "metrics.jsonl")} == {3}  # the new run's records only
 
 
 def test_case17_damaged_data_is_refused_in_one_line_and_verified_only_when_it_changed(lexicon, tmp_path):
