@@ -34,8 +34,12 @@ class TokenStream:
 
     def block(self, offset: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets), each B x M, read at `offset`."""
-        window = np.asarray(self.rows[:, offset: offset + self.block_size + 1], dtype=np.int64)
-        window = torch.from_numpy(window).to(device)
+        window = torch.from_numpy(np.asarray(self.rows[:, offset: offset + self.block_size + 1], dtype=np.int64))
+        if device.type == "cuda":
+            # From pinned memory the copy is asynchronous: a pageable one would make the host
+            # wait for every kernel queued before it, once per step.
+            window = window.pin_memory()
+        window = window.to(device, non_blocking=True)
         return window[:, :-1], window[:, 1:]
 
 

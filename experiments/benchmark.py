@@ -1,11 +1,18 @@
-"""Training throughput:  python -m experiments.benchmark CONFIG.yaml [--set k=v ...] [--json] [--csv FILE]
+"""Training throughput:  python -m experiments.benchmark CONFIG.yaml [--set k=v ...] [--steps N] [--json] [--csv FILE]
 
-Times full training steps (forward + backward + optimizer step, cache carried
-from block to block, random tokens) and reports tokens/s, peak memory, model
-FLOPs per token and model-MFU = FLOPs/token x tokens/s / the fp32 matmul peak
-measured in the same process (a 2048^3 torch.mm, median of repeats, the larger of one
-median before and one after the timed steps). Measuring
-the peak in the same run makes the ratio comparable across noisy machines.
+Times the trainer's own update (experiments/train_step.py TrainStep: the run's
+`train.precision`, `model.attention`, `train.batch_split` and `train.compile`, forward +
+backward + clipping + optimizer step, the cache carried from block to block) on random
+tokens, and reports tokens/s, peak memory, model FLOPs per token and
+model-MFU = FLOPs/token x tokens/s / the matmul peak of the precision the step runs in
+(fp32, TF32 or bf16), measured in the same process: a 2048^3 torch.mm in that dtype and
+matmul precision, median of repeats, the larger of one median before and one after the
+timed steps. Measuring the peak in the same run makes the ratio comparable across noisy
+machines.
+
+Peak memory: on CUDA the caching allocator's peak (`torch.cuda.max_memory_allocated`)
+from the start of the timed steps (the model and optimizer state are in it); on CPU the
+process's peak resident set size since it started (`ru_maxrss`), everything included.
 """
 from __future__ import annotations
 
@@ -20,20 +27,25 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 from experiments.atomic import atomic_write_text
 from experiments.cli import run_cli
-from experiments.optim import build_optimizer, clip_global_
-from experiments.run_config import load_run_config
+from experiments.distributed import DistContext, resolve_device
+from experiments.run_config import RunConfig, load_run_config
+from experiments.train_state import TrainState
+from experiments.train_step import TrainStep, apply_precision
 from model import build_model
 from model.errors import UserError
 from model.summary import summarize
 
 MATMUL_SIZE = 2048
+MATMUL_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
+"""The dtype of the peak matmul for each train.precision (tf32: fp32 tensors on TF32 tensor cores)."""
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -43,40 +55,51 @@ def median_seconds(fn: Callable[[], None], repeats: int, device: torch.device, w
         fn()
     times = []
     for _ in range(repeats):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def matmul_gflops(device: torch.device, repeats: int = 7) -> float:
-    a = torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=device)
-    b = torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=device)
+def matmul_gflops(device: torch.device, precision: str = "fp32", repeats: int = 7) -> float:
+    """The matmul peak of `precision` on `device`, GFLOP/s (sets the process's matmul precision)."""
+    apply_precision(precision)
+    dtype = MATMUL_DTYPES[precision]
+    a = torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=device, dtype=dtype)
+    b = torch.randn(MATMUL_SIZE, MATMUL_SIZE, device=device, dtype=dtype)
     seconds = median_seconds(lambda: torch.mm(a, b), repeats, device, warmup=2)
     return 2 * MATMUL_SIZE**3 / seconds / 1e9
 
 
-def step_seconds(cfg, device: torch.device, steps: int) -> float:
-    """Median wall time of one training step of `cfg` on random tokens."""
+def attention_used(cfg: RunConfig, device: torch.device) -> str:
+    """The attention implementation a step runs: model.attention, `auto` resolved as model/layers.py does."""
+    if cfg.model.attention != "auto":
+        return cfg.model.attention
+    return "fused" if device.type == "cuda" else "banded"
+
+
+def random_tokens(cfg: RunConfig, blocks: int) -> np.ndarray:
+    """Random ids for `blocks` training blocks in every row, without a data restart."""
+    gen = np.random.default_rng(cfg.train.seed)
+    length = cfg.train.batch_size * (cfg.train.block_size * (blocks + 1) + 1)
+    return gen.integers(0, cfg.model.vocab_size, size=length).astype(np.int64)
+
+
+def timed_steps(cfg: RunConfig, device: torch.device, steps: int, warmup: int = 2) -> dict[str, Any]:
+    """Median seconds of the trainer's update and the peak memory around it."""
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(cfg.optim, params)
-    batch, block = cfg.train.batch_size, cfg.train.block_size
-    cache = [model.init_cache(batch, device=device)]
-
-    def step() -> None:
-        tokens = torch.randint(0, cfg.model.vocab_size, (batch, block + 1), device=device)
-        optimizer.zero_grad(set_to_none=True)
-        nll, cache[0] = model(tokens[:, :-1], cache[0], tokens[:, 1:])
-        (nll.mean() + model.span_loss()).backward()
-        clip_global_(cfg.optim, params)
-        optimizer.step()
-        model.clamp_span_()
-
-    return median_seconds(step, steps, device, warmup=2)
+    ctx = DistContext(rank=0, world_size=1, device=device)
+    update = TrainStep(cfg, model, random_tokens(cfg, steps + warmup), ctx)
+    state = TrainState()
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    losses: list[torch.Tensor] = []
+    seconds = median_seconds(lambda: losses.append(update(state, 1.0)), steps, device, warmup=warmup)
+    return {"seconds": seconds, "peak_memory_mb": peak_memory_mb(device), "last_loss": losses[-1].item()}
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -85,39 +108,47 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def machine() -> str:
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
     cpu = platform.processor() or platform.machine()
     try:
         names = [l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")]
         cpu = names[0] if names else cpu
     except OSError:
         pass
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
     return f"{cpu}, {torch.get_num_threads()} threads"
 
 
-def benchmark(cfg, device: torch.device, steps: int) -> dict[str, Any]:
+def benchmark(cfg: RunConfig, device: torch.device, steps: int, warmup: int = 2) -> dict[str, Any]:
+    """One benchmark record of `cfg`'s training step on `device`."""
+    precision = cfg.train.precision
     # The peak is the larger of two medians, one before and one after the timed steps:
     # a momentarily slow machine must not lower the peak and so inflate the MFU.
-    before = matmul_gflops(device)
-    seconds = step_seconds(cfg, device, steps)
-    peak = max(before, matmul_gflops(device))
-    tokens_per_s = cfg.train.batch_size * cfg.train.block_size / seconds
+    before = matmul_gflops(device, precision)
+    timed = timed_steps(cfg, device, steps, warmup)
+    peak = max(before, matmul_gflops(device, precision))
+    tokens_per_s = cfg.train.batch_size * cfg.train.block_size / timed["seconds"]
     facts = summarize(cfg.model)
     return {"name": cfg.name, "variant": cfg.model.variant, "attn_span": cfg.model.attn_span,
-            "num_persistent": cfg.model.num_persistent, "tokens_per_s": tokens_per_s, "ms_per_step": 1000 * seconds,
-            "flops_per_token": facts["flops_per_token"], "matmul_gflops": peak,
-            "model_mfu": facts["flops_per_token"] * tokens_per_s / (peak * 1e9),
-            "peak_rss_mb": peak_memory_mb(device), "device": machine(), "torch": torch.__version__}
+            "num_persistent": cfg.model.num_persistent, "tokens_per_s": tokens_per_s,
+            "ms_per_step": 1000 * timed["seconds"], "flops_per_token": facts["flops_per_token"],
+            "matmul_gflops": peak, "model_mfu": facts["flops_per_token"] * tokens_per_s / (peak * 1e9),
+            "peak_memory_mb": timed["peak_memory_mb"],
+            "memory_source": "cuda_allocator" if device.type == "cuda" else "process_peak_rss",
+            "precision": precision, "attention": attention_used(cfg, device), "batch_size": cfg.train.batch_size,
+            "block_size": cfg.train.block_size, "batch_split": cfg.train.batch_split, "compile": cfg.train.compile,
+            "last_loss": timed["last_loss"], "device": machine(device), "torch": torch.__version__}
 
 
 def append_csv(path: Path, row: dict[str, Any]) -> None:
+    """Add `row` to the CSV at `path`; columns of earlier rows that `row` lacks are kept (blank for it)."""
     rows = list(csv.DictReader(path.open())) if path.exists() else []
+    fields = list(row) + [k for k in (rows[0] if rows else {}) if k not in row]
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(row))
+    writer = csv.DictWriter(out, fieldnames=fields)
     writer.writeheader()
-    writer.writerows([{k: r.get(k, "") for k in row} for r in rows] + [row])
+    writer.writerows([{k: r.get(k, "") for k in fields} for r in rows] + [row])
     atomic_write_text(path, out.getvalue())
 
 
@@ -134,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = load_run_config(args.config, args.set)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = torch.device("cuda" if cfg.train.device != "cpu" and torch.cuda.is_available() else "cpu")
+    device = resolve_device("cpu" if cfg.train.device == "cpu" else "auto", 0)  # a GPU config runs on CPU without one
     result = benchmark(cfg, device, args.steps)
     if args.csv:
         append_csv(args.csv, result)
@@ -142,8 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(result))
     else:
         print(f"{result['name']}: {result['tokens_per_s']:,.0f} tokens/s, {result['ms_per_step']:.1f} ms/step, "
-              f"model-MFU {100 * result['model_mfu']:.1f}% of {result['matmul_gflops']:.1f} GFLOP/s matmul peak, "
-              f"peak memory {result['peak_rss_mb']:,.0f} MB ({result['device']})")
+              f"{result['precision']}, {result['attention']} attention, model-MFU {100 * result['model_mfu']:.1f}% "
+              f"of {result['matmul_gflops']:.1f} GFLOP/s {result['precision']} matmul peak, "
+              f"peak memory {result['peak_memory_mb']:,.0f} MB ({result['memory_source']}; {result['device']})")
     return 0
 
 

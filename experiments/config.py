@@ -12,7 +12,10 @@ back to a default wastes GPU-days, so
   that ever does must say so explicitly rather than weaken this rule;
 - `1e-3` is a float (YAML 1.1 would read it as a string);
 - `base: other.yaml` inherits from another file, mappings merge recursively;
-- `--set a.b=value` overrides are parsed with the same YAML rules.
+- `--set a.b=value` overrides are parsed with the same YAML rules;
+- a section whose schema changed maps its older keys itself: a dataclass may define
+  `upgrade_legacy(data) -> data` (a staticmethod), applied before the keys are checked
+  (e.g. TrainConfig: `bf16` became `precision`).
 Value checks live in each dataclass's `__post_init__` and raise ConfigError.
 """
 from __future__ import annotations
@@ -127,6 +130,12 @@ def build(cls: type[T], data: Any, prefix: str = "") -> T:
     """Construct dataclass `cls` from a mapping, checking keys and types."""
     if not isinstance(data, dict):
         raise ConfigError(prefix, f"must be a mapping, got {_describe(data)}")
+    upgrade = getattr(cls, "upgrade_legacy", None)
+    if upgrade is not None:
+        try:
+            data = upgrade(data)
+        except ConfigError as err:
+            raise err.under(prefix) if prefix else err from None
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = typing.get_type_hints(cls)
     for key in data:

@@ -2,8 +2,13 @@
 
 The trainer is data-parallel when RANK / WORLD_SIZE / LOCAL_RANK are set (the
 SLURM job exports them from submitit's TorchDistributedEnvironment). Gradients
-are averaged with one flat all-reduce per step: simpler than the DDP wrapper
-around a model whose forward carries per-layer caches, and bit-reproducible.
+are averaged by torch.nn.parallel.DistributedDataParallel (`DistContext.data_parallel`):
+bucketed all-reduces that overlap the backward pass, skipped with `no_sync` on every
+micro-batch but the last of a step. The model's forward takes and returns its
+per-layer caches; DDP passes them through untouched (they are detached, so no
+gradient flows through them). Every parameter gets a gradient in every step (the
+adaptive output touches its absent clusters, model/adaptive_io.py), so DDP runs
+without find_unused_parameters; tests/test_train.py checks this for every variant.
 """
 from __future__ import annotations
 
@@ -38,21 +43,31 @@ class DistContext:
         return slice(self.rank * share, (self.rank + 1) * share)
 
     def all_reduce_sum(self, values: list[float]) -> list[float]:
+        """Sums over ranks, read back on the host (the host waits for the device)."""
         if not self.active:
             return values
         t = torch.tensor(values, dtype=torch.float64, device=self._comm_device())
         dist.all_reduce(t)
         return t.tolist()
 
-    def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
+    def all_reduce_sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum `tensor` (on this rank's device) over ranks in place; nothing is read on the host,
+        so on CUDA the host does not wait."""
+        if self.active:
+            dist.all_reduce(tensor)
+        return tensor
+
+    def data_parallel(self, module: torch.nn.Module) -> torch.nn.Module:
+        """`module` wrapped for gradient averaging over the ranks (itself when alone): call the
+        wrapper in the forward pass; save and load the state of `module`, whose keys have
+        no "module." prefix. Buffers are not broadcast at each forward (the model's are
+        constants), and module states are checked equal at construction."""
         if not self.active:
-            return
-        grads = [p.grad for p in params if p.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= self.world_size
-        for g, chunk in zip(grads, flat.split([g.numel() for g in grads])):
-            g.copy_(chunk.view_as(g))
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False)
 
     def all_agree(self, ok: bool) -> bool:
         """True only when `ok` holds on every rank."""

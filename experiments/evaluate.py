@@ -1,6 +1,7 @@
 """Evaluate any checkpoint as the paper reports it (the loops: experiments/evaluation.py).
 
     python -m experiments.evaluate CONFIG.yaml --checkpoint CKPT [--text FILE] [--batch-size 8] [--dtype float64]
+                                   [--device auto|cpu|cuda] [--max-tokens N] [--threads N]
 
 CKPT is a training checkpoint folder (`checkpoints/step_N`) or a `.pt` file holding
 {"model": state_dict} (e.g. from model.convert_official). With `--text`, the
@@ -10,6 +11,9 @@ without it, the prepared valid and test splits are evaluated. One JSON line per
 split on stdout. A training checkpoint carries the hash of the config it was trained
 with: evaluating it with another config is refused in one line, unless
 `--allow-config-mismatch` says it is intended (every line then records both hashes).
+`--device auto` (the default) evaluates on the GPU when one is visible;
+`--max-tokens` caps the tokens read per split (whole blocks; the record then says
+"full": false, not comparable with published numbers); `--threads` sets torch's CPU threads.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import torch
 
 from experiments.cli import run_cli
 from experiments.data import encode_text, load_corpus
-from experiments.distributed import DistContext
+from experiments.distributed import DistContext, resolve_device
 from experiments.evaluation import SPLITS, evaluate_tokens
 from experiments.run_config import data_path, load_run_config
 from model import build_model
@@ -62,13 +66,25 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                         help="precision of the weights, caches and arithmetic (default: float32)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where to evaluate (default: auto, the GPU when one is visible)")
+    parser.add_argument("--max-tokens", type=int, help="tokens per split at most (default: the whole split)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--allow-config-mismatch", action="store_true",
                         help="evaluate a checkpoint trained with another config (both hashes are recorded)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise UserError(f"--max-tokens must be >= 1, got {args.max_tokens}")
+    if args.threads < 0:
+        raise UserError(f"--threads must be >= 0, got {args.threads}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device, 0)
     cfg = load_run_config(args.config, args.set)
     corpus = load_corpus(data_path(cfg), cfg.data.dataset)
     model = build_model(cfg.model)
@@ -78,12 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         model.load_state_dict(payload["model"])
     except RuntimeError as err:
         raise UserError(f"checkpoint does not fit the config: {str(err).splitlines()[1].strip()}") from None
-    model = model.to(DTYPES[args.dtype])
-    ctx = DistContext(rank=0, world_size=1, device=torch.device("cpu"))
+    model = model.to(device=device, dtype=DTYPES[args.dtype])
+    ctx = DistContext(rank=0, world_size=1, device=device)
     batch = args.batch_size or cfg.eval.batch_size
     sources = {"text": encode_text(args.text, corpus.meta)} if args.text else {s: corpus.split(s) for s in SPLITS}
     for name, tokens in sources.items():
-        record = evaluate_tokens(model, tokens, cfg.train.block_size, batch, ctx, corpus.unit)
+        record = evaluate_tokens(model, tokens, cfg.train.block_size, batch, ctx, corpus.unit, args.max_tokens)
         print(json.dumps({"split": name, **record, **identity}))
     return 0
 

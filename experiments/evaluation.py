@@ -57,23 +57,26 @@ def evaluate_stream(model: torch.nn.Module, stream: TokenStream, ctx: DistContex
                     stop: Callable[[], bool] | None = None) -> tuple[float, int]:
     """(mean nll in nats, tokens) over the stream's blocks from offset 0, caches from zeros,
     summed over every rank. `stop` is asked before each block; when it says so,
-    EvaluationStopped is raised. The model's training mode is restored either way."""
+    EvaluationStopped is raised. The model's training mode is restored either way.
+    The spans are decided once (the weights do not change) and the loss is summed on the
+    device, read once at the end: the host never waits for the device in between."""
     was_training = model.training
     model.eval()
-    cache = model.init_cache(stream.rows.shape[0], device=ctx.device)
-    total, count = 0.0, 0
+    spans = model.decide_spans()
+    cache = model.init_cache(stream.rows.shape[0], device=ctx.device, spans=spans)
+    total, count = torch.zeros((), dtype=torch.float64, device=ctx.device), 0
     blocks = stream.num_blocks if max_blocks is None else min(max_blocks, stream.num_blocks)
     try:
         for index in range(blocks):
             if stop is not None and stop():
                 raise EvaluationStopped
             inputs, targets = stream.block(index * stream.block_size, ctx.device)
-            nll, cache = model(inputs, cache, targets)
-            total += nll.double().sum().item()
+            nll, cache = model(inputs, cache, targets, spans)
+            total += nll.double().sum()
             count += nll.numel()
     finally:
         model.train(was_training)
-    total, count = ctx.all_reduce_sum([total, float(count)])
+    total, count = ctx.all_reduce_sum([total.item(), float(count)])
     return total / max(count, 1.0), int(count)
 
 

@@ -40,11 +40,12 @@ CADENCE = ("train.checkpoint_every", "train.log_every", "train.eval_every", "tra
 """How often a run logs, checkpoints and validates partially (and on how large a part), what
 its checkpoints hold, and how its rows are cut into micro-batches: none changes the trained
 model (batch_split only its float rounding, like the number of processes) or its final evaluation."""
-NOT_HASHED = ("name", "grid", "slurm", "log", "model.attention", *CADENCE)
+NOT_HASHED = ("name", "grid", "slurm", "log", "model.attention", "train.compile", *CADENCE)
 """Dotted paths left out of the run-id hash: they cannot change the trained model
-(`model.attention` picks an implementation of the same math: `model/fused_attention.py`;
+(`model.attention` picks an implementation of the same math: `model/fused_attention.py`, and
+`train.compile` runs the same math through torch.compile;
 `log` says where curves are shown: `experiments/log_config.py`; CADENCE)."""
-LEGACY_NOT_HASHED = ("name", "grid", "slurm", "log", "model.attention", "train.checkpoint_caches")
+LEGACY_NOT_HASHED = ("name", "grid", "slurm", "log", "model.attention", "train.checkpoint_caches", "train.compile")
 """The rule before the cadence fields left the hash (fields added since are left out too,
 as configs of that time did not have them): the names of run directories made then."""
 
@@ -88,6 +89,7 @@ class RunConfig:
 
     def _hash(self, not_hashed: Iterable[str]) -> str:
         hashed = _without(self.to_dict(), not_hashed)
+        hashed["train"] = TrainConfig.hash_form(hashed["train"])  # precision fp32|bf16 hashed as the legacy bf16
         canonical = json.dumps(hashed, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:8]
 

@@ -1,9 +1,13 @@
-"""The `train:` section of a run config: steps, batching, stages, checkpoint and log cadence."""
+"""The `train:` section of a run config: steps, batching, stages, precision, checkpoint and log cadence."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from model.errors import ConfigError
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+"""train.precision choices (experiments/train_step.py applies them)."""
 
 
 @dataclass
@@ -34,8 +38,13 @@ class TrainConfig:
     """Fraction of the validation blocks used by the partial validation (authors: a tenth)."""
     device: str = "auto"
     """'cpu', 'cuda' or 'auto' (cuda when visible)."""
-    bf16: bool = False
-    """bf16 autocast on CUDA (off by default; the paper trained in fp32)."""
+    precision: str = "fp32"
+    """'fp32' (the paper's), 'tf32' (fp32 tensors, CUDA matmuls on TF32 tensor cores) or 'bf16'
+    (autocast to bfloat16 on the run's device, CUDA or CPU; softmax, span renormalisation,
+    loss, weights and optimizer state stay fp32). Older configs' `bf16: false|true` reads as fp32|bf16."""
+    compile: bool = False
+    """Train through torch.compile(model): the same math (not part of the run id); the first
+    steps pay the compilation."""
     threads: int = 0
     """torch intra-op threads on CPU; 0 keeps torch's default."""
     checkpoint_caches: str = "exact"
@@ -61,6 +70,35 @@ class TrainConfig:
             raise ConfigError("checkpoint_caches", f"must be exact or none, got {self.checkpoint_caches!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError("device", f"must be auto, cpu or cuda, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError("precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+    @staticmethod
+    def upgrade_legacy(data: dict[str, Any]) -> dict[str, Any]:
+        """The section as an older schema wrote it, in today's keys (experiments.config.build
+        calls this before checking keys): `bf16: false|true`, replaced by `precision`, reads
+        as precision fp32|bf16. Run directories written before keep loading, and keep their
+        run ids (see `hash_form`)."""
+        if "bf16" not in data:
+            return data
+        data = dict(data)
+        legacy = data.pop("bf16")
+        if not isinstance(legacy, bool):
+            raise ConfigError("bf16", f"must be bool (the legacy form of precision), got {legacy!r}")
+        if "precision" in data:
+            raise ConfigError("bf16", "replaced by precision: give precision only")
+        data["precision"] = "bf16" if legacy else "fp32"
+        return data
+
+    @staticmethod
+    def hash_form(section: dict[str, Any]) -> dict[str, Any]:
+        """The section as the run-id hash sees it (experiments/run_config.py): precision fp32
+        and bf16 as the legacy `bf16: false|true` they replaced, so that every run id from
+        before `precision` existed is unchanged; tf32 as `precision: tf32`."""
+        section = dict(section)
+        if section.get("precision") in ("fp32", "bf16"):
+            section["bf16"] = section.pop("precision") == "bf16"
+        return section
 
     def stages(self) -> list[tuple[str, int, float]]:
         """(name, last global step of the stage, lr scale) for each training stage."""

@@ -4,12 +4,21 @@ Rank 0 appends each record to metrics.jsonl, the source of truth about a run's
 curves, then hands it to the trackers the `log:` section enables
 (experiments/tracking.py). A train record covers the updates since the previous one (the log
 interval): its loss is their mean, its throughput their wall time.
+
+The updates' losses stay on the device (a 0-dim tensor each) until a train record or a
+checkpoint needs them: reading one makes the host wait for the device, which must be
+free to run ahead. So a NaN or inf loss is found when they are read, up to
+`train.log_every` updates late (NonFiniteLoss names the update it happened at); a
+checkpoint reads them first, so none is written after a non-finite loss.
 """
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
+
+import torch
 
 from experiments.distributed import DistContext
 from experiments.evaluation import unit_value
@@ -17,6 +26,7 @@ from experiments.run_config import RunConfig
 from experiments.run_dir import RunDir
 from experiments.tracking import Trackers
 from experiments.train_state import TrainState
+from experiments.train_step import NonFiniteLoss
 
 log = logging.getLogger("train")
 
@@ -30,6 +40,7 @@ class MetricsWriter:
         """Attempt number written into every record."""
         self.trackers = Trackers()
         self._interval_seconds = 0.0  # wall time of the current log interval: not checkpointed, as it is not reproducible
+        self._pending: list[tuple[int, torch.Tensor]] = []  # (step, mean loss on the device) not yet read
 
     def open(self, attempt: int, state: TrainState) -> None:
         """Start the records of attempt number `attempt`, resumed at `state`: opens the enabled
@@ -42,14 +53,33 @@ class MetricsWriter:
         """End this attempt's tracking; `status` is the run's last status state (DONE, PENDING, ...)."""
         self.trackers.close(status)
 
-    def add_update(self, state: TrainState, loss: float, seconds: float) -> None:
-        """Count one update (mean nll `loss` in nats, `seconds` of wall time) in the log interval."""
-        state.log_loss += loss
+    def add_update(self, state: TrainState, loss: torch.Tensor | float, seconds: float) -> None:
+        """Count update `state.step` (mean nll `loss` in nats, a device tensor not read here;
+        `seconds` of wall time) in the log interval."""
+        self._pending.append((state.step, torch.as_tensor(loss, dtype=torch.float64)))
         state.log_steps += 1
         self._interval_seconds += seconds
 
+    def read_losses(self, state: TrainState) -> None:
+        """Add the losses not read yet to `state.log_loss`, in update order (the same float sums
+        as reading each at its update). The wait for the device counts in the interval's time.
+        Raises NonFiniteLoss when one is NaN or inf."""
+        if not self._pending:
+            return
+        started = time.perf_counter()
+        values = torch.stack([loss for _, loss in self._pending]).tolist()
+        self._interval_seconds += time.perf_counter() - started
+        steps = [step for step, _ in self._pending]
+        self._pending = []
+        for step, value in zip(steps, values):
+            if not math.isfinite(value):
+                raise NonFiniteLoss(f"non-finite training loss {value} at step {step} (read at step {state.step}: "
+                                    f"losses are read every train.log_every updates and before each checkpoint)")
+            state.log_loss += value
+
     def write_train(self, state: TrainState, span: tuple[float, float]) -> None:
         """The interval's train record and log line (`span`: mean and max attention span); starts the next interval."""
+        self.read_losses(state)
         cfg, unit, seconds = self.cfg.train, self.unit, self._interval_seconds
         loss = state.log_loss / state.log_steps
         tokens_per_s = state.log_steps * cfg.batch_size * cfg.block_size / seconds if seconds else 0.0

@@ -39,6 +39,14 @@ from model import build_model
 
 log = logging.getLogger("train")
 
+SIGNAL_EVERY = 10
+"""With several processes, the ranks agree on a received stop signal (SIGTERM, SIGUSR2, ...)
+every this many updates, not after each: the agreement is an all-reduce the host must wait
+for, which would stop the GPUs from running ahead. The cost, in the worst case: the run
+stops (and checkpoints) up to SIGNAL_EVERY - 1 updates after the signal arrived, so at a
+time limit the signal's lead time (slurm: `--signal=USR2@N`) must cover that many updates
+plus a checkpoint. A single process needs no agreement and checks after every update."""
+
 
 class Trainer:
     """Trains one run in its run directory; one instance per process (rank)."""
@@ -94,11 +102,15 @@ class Trainer:
         if self.ctx.is_main:
             self.run_dir.record_resume(attempt, restored.resume)
 
-    def train_step(self, lr_scale: float) -> float:
-        """One optimizer update at the stage's `lr_scale`; the mean train nll in nats."""
+    def train_step(self, lr_scale: float) -> torch.Tensor:
+        """One optimizer update at the stage's `lr_scale`; the mean train nll in nats, a 0-dim
+        tensor on the device (not read: see experiments/train_metrics.py)."""
         return self.updater(self.state, lr_scale)
 
     def save_checkpoint(self) -> None:
+        # The losses not read yet go into the checkpointed state; a non-finite one stops the
+        # run here (NonFiniteLoss), so no checkpoint is written after it.
+        self.metrics.read_losses(self.state)
         self.checkpoints.save(self.state, self.updater.caches)
 
     def _train_stages(self) -> bool:
@@ -139,7 +151,10 @@ class Trainer:
         return True
 
     def _stopped_by_signal(self, stage: str) -> bool:
-        """On SIGTERM/SIGUSR2: checkpoint at this step boundary, then let the signal act."""
+        """On SIGTERM/SIGUSR2: checkpoint at this step boundary, then let the signal act
+        (several processes look every SIGNAL_EVERY updates only)."""
+        if self.ctx.active and self.state.step % SIGNAL_EVERY:
+            return False
         signum = self.interrupt.agreed(self.ctx)
         if signum is None:
             return False

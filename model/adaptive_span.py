@@ -56,27 +56,33 @@ class AdaptiveSpan(nn.Module):
         z = self.z.view(-1, 1)  # H x 1
         return ((one_minus_dist + z * self.max_span) / self.ramp + 1).clamp(0, 1)  # H x K
 
-    def needed_span(self) -> int:
-        """s: the largest distance any head can still see, ramp included, in [0, L]."""
-        reach = math.ceil(self.z.detach().max().item() * self.max_span) + self.ramp
+    def needed_span(self, z_max: float | None = None) -> int:
+        """s: the largest distance any head can still see, ramp included, in [0, L].
+
+        `z_max` is max_h z_h as a Python float when the caller has read it already
+        (`TransformerLM.decide_spans` reads every layer's at once); without it, it is read
+        here: a host sync, which is why the training step decides the spans once per update."""
+        if z_max is None:
+            z_max = self.z.detach().max().item()
+        reach = math.ceil(z_max * self.max_span) + self.ramp
         return max(0, min(self.max_span, reach))
 
-    def trim_length(self) -> int:
+    def trim_length(self, z_max: float | None = None) -> int:
         """Oldest keys dropped: whole groups of 64 that lie beyond s (0 without trimming)."""
         if not self.trim_memory:
             return 0
-        droppable = min(self.max_span - 1, self.max_span - self.needed_span())
+        droppable = min(self.max_span - 1, self.max_span - self.needed_span(z_max))
         return math.floor(droppable / TRIM_GRANULARITY) * TRIM_GRANULARITY
 
-    def kept_span(self) -> int:
-        """K = L - trimmed: the keys each query sees."""
-        return self.max_span - self.trim_length()
+    def kept_span(self, z_max: float | None = None) -> int:
+        """K = L - trimmed: the keys each query sees (`z_max`: see needed_span)."""
+        return self.max_span - self.trim_length(z_max)
 
-    def cache_size(self) -> int:
+    def cache_size(self, z_max: float | None = None) -> int:
         """C: cached layer inputs to keep for the next block (the kept span plus a margin of 64)."""
         if not self.trim_memory:
             return self.max_span
-        return min(self.max_span, self.kept_span() + CACHE_MARGIN)
+        return min(self.max_span, self.kept_span(z_max) + CACHE_MARGIN)
 
     def loss(self) -> Tensor:
         """coef * L * mean(z): the span penalty of this layer (added to the training loss only)."""

@@ -69,7 +69,15 @@ def context_attention(
     persistent: (keys H x d_h x N, values H x N x d_h), scaled as used, sharing the softmax
     with the context (all_attention), or None. Dropout applies to all probabilities.
     Returns B x M x d'.
+
+    Under autocast (train.precision bf16) it computes in fp32: its softmax and the span
+    renormalisation must be fp32 anyway, and its hand-written kernels write into buffers
+    of one dtype. The output is fp32; W_o's autocast casts it back down.
     """
+    if torch.is_autocast_enabled(q.device.type):
+        with torch.autocast(q.device.type, enabled=False):
+            pers = None if persistent is None else (_fp32(persistent[0]), _fp32(persistent[1]))
+            return context_attention(_fp32(q), _fp32(kv), _fp32(pos), heads, _fp32(span_mask), pers, dropout, training)
     kept = kv.shape[1] - q.shape[1]
     pos_rev = pos[:, :kept].flip(-1)  # d_h x K: column u = distance K - u, the order of a window's keys
     mask_rev = None if span_mask is None else span_mask.flip(-1)  # H x K, same order
@@ -317,21 +325,33 @@ def _rows(x: Tensor) -> Tensor:
 
 class _ContextProjection(torch.autograd.Function):
     """kv = [history ; x] W^T in one product, without the (wasted) gradient for the detached
-    history: B x K x d and B x M x d -> B x (K + M) x n."""
+    history: B x K x d and B x M x d -> B x (K + M) x n. Under autocast the backward runs
+    in the forward's autocast state (as torch.amp.custom_bwd does, for any device), so
+    its products take the dtype of the forward's (bf16) and return gradients in the
+    inputs' dtypes."""
 
     @staticmethod
     def forward(ctx, history, x, weight):
         context = torch.cat([history, x], dim=1)  # B x T x d
         ctx.save_for_backward(context, weight)
         ctx.kept = history.shape[1]
+        ctx.device_type, ctx.x_dtype = x.device.type, x.dtype
+        ctx.autocast = torch.is_autocast_enabled(ctx.device_type)
+        ctx.autocast_dtype = torch.get_autocast_dtype(ctx.device_type)
         return torch.nn.functional.linear(context, weight)
 
     @staticmethod
     def backward(ctx, grad):
         context, weight = ctx.saved_tensors
-        d_weight = _rows(grad).t() @ _rows(context)  # n x d
-        d_x = grad[:, ctx.kept :] @ weight  # B x M x d
-        return None, d_x, d_weight
+        with torch.autocast(ctx.device_type, dtype=ctx.autocast_dtype, enabled=ctx.autocast):
+            d_weight = _rows(grad).t() @ _rows(context)  # n x d
+            d_x = grad[:, ctx.kept :] @ weight  # B x M x d
+        return None, d_x.to(ctx.x_dtype), d_weight.to(weight.dtype)
+
+
+def _fp32(x: Tensor | None) -> Tensor | None:
+    """`x` in at least float32 (None stays None)."""
+    return None if x is None else x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def project_context(history: Tensor, x: Tensor, weight: Tensor) -> Tensor:

@@ -25,6 +25,11 @@ from model.config import ModelConfig
 from model.fused_attention import fused_context_attention
 from model.persistent import PersistentMemory
 
+# The banded attention's hand-written autograd Function writes through strided views that
+# torch.compile cannot trace: under `train.compile` it runs eagerly between the compiled
+# graphs (the fused path, the one meant for GPUs, compiles whole).
+_banded_attention = torch.compiler.disable(context_attention)
+
 # How each variant's attention sublayer uses its persistent vectors.
 PERSISTENT_MODE = {
     "all_attention": "joint",
@@ -68,12 +73,13 @@ class SelfAttention(nn.Module):
     def cache_size(self) -> int:
         return self.span.cache_size() if self.span is not None else self.span_len
 
-    def forward(self, x: Tensor, cache: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
-        """x: B x M x d, cache: B x C x d (earlier layer inputs), pos: d_h x L.
+    def forward(self, x: Tensor, cache: Tensor, pos: Tensor, span: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+        """x: B x M x d, cache: B x C x d (earlier layer inputs), pos: d_h x L, span: (K, C') as
+        decided for the current z (TransformerLM.decide_spans), else read here.
         Returns the sublayer output B x M x d and the next cache B x C' x d (detached)."""
-        kept = self.kept_span()
+        kept, cache_size = span if span is not None else (self.kept_span(), self.cache_size())
         history = left_fit(cache, kept)  # B x K x d
-        next_cache = last_positions(cache, x.detach(), self.cache_size())  # B x C' x d
+        next_cache = last_positions(cache, x.detach(), cache_size)  # B x C' x d
         kv = project_context(history, x, torch.cat([self.w_k.weight, self.w_v.weight]))  # B x (K + M) x 2d'
         q = self.w_q(x)  # B x M x d
         span_mask = self.span.mask(kept) if self.span is not None else None  # H' x K
@@ -83,7 +89,7 @@ class SelfAttention(nn.Module):
         """Context attention combined with the persistent memory as the variant says; B x M x d."""
         joint = self.persistent.scaled() if self.mode == "joint" else None
         d_context = self.context_heads * self.d_head
-        attend = fused_context_attention if self._fused(q) else context_attention
+        attend = fused_context_attention if self._fused(q) else _banded_attention
         ctx = attend(q[..., :d_context], kv, pos, self.context_heads, span_mask, joint, self.dropout, self.training)
         if self.mode in (None, "joint"):
             return ctx  # B x M x d
@@ -132,9 +138,9 @@ class Layer(nn.Module):
         self.ffn = _make_ffn(cfg)
         self.norm2 = nn.LayerNorm(cfg.d_model) if self.ffn is not None else None
 
-    def forward(self, x: Tensor, cache: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
-        """x: B x M x d, cache: B x C x d -> (B x M x d, next cache B x C' x d)."""
-        out, next_cache = self.attn(x, cache, pos)
+    def forward(self, x: Tensor, cache: Tensor, pos: Tensor, span: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+        """x: B x M x d, cache: B x C x d -> (B x M x d, next cache B x C' x d); span: SelfAttention.forward."""
+        out, next_cache = self.attn(x, cache, pos, span)
         x = self.norm1(x + out)
         if self.ffn is not None:
             x = self.norm2(x + self.ffn(x))

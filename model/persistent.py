@@ -50,5 +50,7 @@ class PersistentMemory(nn.Module):
         batch, block, width = q.shape
         rows = q.reshape(batch * block, keys.shape[0], self.dim).transpose(0, 1)  # G x (B M) x D
         scores = torch.bmm(rows, keys) / math.sqrt(self.dim)  # G x (B M) x N
-        probs = F.dropout(torch.softmax(scores, dim=-1), dropout, training)
+        # The softmax in at least float32: under bf16 autocast the scores are bf16.
+        probs = F.dropout(torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)),
+                          dropout, training)
         return torch.bmm(probs, values).transpose(0, 1).reshape(batch, block, width)

@@ -29,6 +29,9 @@ from model.adaptive_io import AdaptiveIO
 from model.config import ModelConfig
 from model.layers import Layer
 
+SpanPlan = list[tuple[int, int]]
+"""Per layer: (K keys each query sees, C cached positions kept for the next block)."""
+
 
 class TransformerLM(nn.Module):
     """Token ids in, per-token negative log-likelihood out, with a per-layer cache of layer inputs."""
@@ -45,22 +48,48 @@ class TransformerLM(nn.Module):
         self.pos_emb = nn.Parameter(torch.randn(cfg.head_dim, cfg.attn_span))  # d_h x L
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_layers))
 
-    def init_cache(self, batch_size: int, device=None, dtype=None) -> list[Tensor]:
-        """Zero caches, one B x C x d per layer, C the layer's current cache length."""
+    def init_cache(self, batch_size: int, device=None, dtype=None, spans: SpanPlan | None = None) -> list[Tensor]:
+        """Zero caches, one B x C x d per layer, C the layer's current cache length (from `spans`
+        when given: see decide_spans)."""
         dtype = dtype or self.pos_emb.dtype
         device = device or self.pos_emb.device
-        return [torch.zeros(batch_size, layer.attn.cache_size(), self.cfg.d_model, device=device, dtype=dtype) for layer in self.layers]
+        spans = self.decide_spans() if spans is None else spans
+        return [torch.zeros(batch_size, size, self.cfg.d_model, device=device, dtype=dtype) for _, size in spans]
 
-    def forward(self, tokens: Tensor, cache: list[Tensor], targets: Tensor) -> tuple[Tensor, list[Tensor]]:
+    def decide_spans(self) -> SpanPlan:
+        """(kept span K, cache length C) of every layer for the current span parameters z.
+
+        With adaptive-span trimming, K and C are sizes that depend on z, so they must be read
+        from the device: here all layers' max z are read at once (one host sync; none without
+        trimming). z changes only at an optimizer step, so the trainer decides once per update
+        and passes the plan to every forward of that update; a forward given none decides itself."""
+        spans = [layer.attn.span for layer in self.layers]
+        trimmed = [span for span in spans if span is not None and span.trim_memory]
+        maxima = iter(torch.stack([span.z.detach().max() for span in trimmed]).tolist() if trimmed else [])
+        plan = []
+        for span in spans:
+            if span is None:
+                plan.append((self.cfg.attn_span, self.cfg.attn_span))
+            elif not span.trim_memory:
+                plan.append((span.kept_span(), span.cache_size()))  # L, L: nothing read
+            else:
+                z_max = next(maxima)
+                plan.append((span.kept_span(z_max), span.cache_size(z_max)))
+        return plan
+
+    def forward(self, tokens: Tensor, cache: list[Tensor], targets: Tensor,
+                spans: SpanPlan | None = None) -> tuple[Tensor, list[Tensor]]:
         """tokens, targets: B x M. Returns (nll B x M float32 in nats, next caches B x C' x d, detached).
 
-        A cache shorter than a layer needs is left-padded with zeros (see layers.last_positions)."""
+        `spans`: the layers' (K, C) from `decide_spans` for the current z (decided here when
+        None). A cache shorter than a layer needs is left-padded with zeros (see layers.last_positions)."""
         if len(cache) != len(self.layers):
             raise ValueError(f"expected {len(self.layers)} layer caches, got {len(cache)}")
+        spans = self.decide_spans() if spans is None else spans
         h = self._embed(tokens)  # B x M x d
         next_cache = []
-        for layer, layer_cache in zip(self.layers, cache):
-            h, layer_next = layer(h, layer_cache, self.pos_emb)
+        for layer, layer_cache, span in zip(self.layers, cache, spans):
+            h, layer_next = layer(h, layer_cache, self.pos_emb, span)
             next_cache.append(layer_next)
         h = F.dropout(h, self.cfg.emb_dropout, self.training)
         return self._nll(h, targets), next_cache

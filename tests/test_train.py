@@ -161,8 +161,8 @@ def test_non_finite_loss_fails_the_run_and_keeps_the_last_checkpoint(corpus, tmp
     trainer.run_dir.path.mkdir(parents=True)
     original = trainer.model.forward
 
-    def poisoned(tokens, cache, targets):
-        nll, cache = original(tokens, cache, targets)
+    def poisoned(tokens, cache, targets, spans=None):
+        nll, cache = original(tokens, cache, targets, spans)
         return (nll * float("nan") if trainer.state["step"] >= 5 else nll), cache
 
     trainer.model.forward = poisoned
@@ -285,3 +285,147 @@ def test_signal_during_the_final_evaluation_stops_and_the_next_attempt_redoes_it
     assert RunDir(tmp_path / "cut").read_status()["state"] == "DONE"
     whole, cut = (json.loads((tmp_path / d / "eval.json").read_text()) for d in ("whole", "cut"))
     assert whole["valid"] == cut["valid"] and whole["test"] == cut["test"]
+
+
+# ------------------------------------------------- the GPU training path (issue 9): DDP, host syncs, compile
+
+def test_two_gloo_processes_with_split_batches_match_one_process_and_stop_together(corpus, tmp_path):
+    """DistributedDataParallel with no_sync over batch_split micro-batches; SIGTERM to both ranks
+    stops them at the same multiple of SIGNAL_EVERY; the checkpoint (the module's state, no
+    "module." prefix) resumes both to the end, matching one unsplit process."""
+    from experiments.trainer import SIGNAL_EVERY
+
+    config = tiny_config(tmp_path, corpus, model={"dropout": 0.0},
+                         train={"steps": 30, "eval_every": 1000, "checkpoint_every": 1000})
+    split = tiny_config(tmp_path, corpus, model={"dropout": 0.0},
+                        train={"steps": 30, "eval_every": 1000, "checkpoint_every": 1000, "batch_split": 2})
+    single = run_train(config, tmp_path / "single")
+    assert single.returncode == 0, single.stderr
+
+    def launch() -> list[subprocess.Popen]:
+        port, procs = _free_port(), []
+        for rank in range(2):
+            env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "GLOO_SOCKET_IFNAME": "lo"}
+            procs.append(subprocess.Popen(train_cmd(split, tmp_path / "ddp"), cwd=PROJECT_ROOT, env=env,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        return procs
+
+    procs = launch()
+    _wait_for_step(tmp_path / "ddp", 3, procs[0])
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    stderrs = [proc.communicate(timeout=300)[1] for proc in procs]
+    codes = [(proc.returncode, stderr) for proc, stderr in zip(procs, stderrs)]
+    stopped = json.loads((tmp_path / "ddp" / "status.json").read_text())["step"]
+    if stopped < 30:  # a slow start may let the run reach its end first
+        assert [code for code, _ in codes] == [143, 143], codes
+        assert stopped % SIGNAL_EVERY == 0
+    shared = final_state(tmp_path / "ddp")
+    assert list(shared["model"]) == list(final_state(tmp_path / "single")["model"])  # no "module." prefix
+    for proc in launch():
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr
+    one, two = read_metrics(tmp_path / "single" / "metrics.jsonl"), read_metrics(tmp_path / "ddp" / "metrics.jsonl")
+    assert [r["step"] for r in one if r["split"] == "train"] == [r["step"] for r in two if r["split"] == "train"]
+    for a, b in zip(one, two):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+
+
+@pytest.mark.parametrize("output", ["softmax", "adaptive"])
+@pytest.mark.parametrize("span", [False, True])
+def test_every_parameter_gets_a_gradient_in_every_variant(output, span):
+    """Why DDP runs without find_unused_parameters: no parameter is ever left without a gradient
+    (adaptive span z through the mask, an absent adaptive-output cluster through its zero touch)."""
+    from tests.model_helpers import VARIANTS, make_model, random_cache, random_tokens
+
+    extra = ({"output": "adaptive", "adaptive_cutoffs": [4, 8], "adaptive_div_value": 2.0}
+             if output == "adaptive" else {})
+    for variant in VARIANTS:
+        model = make_model(variant, span=span, trim=span, **extra).train()
+        tokens, targets = random_tokens(model, 2, 4)
+        targets = torch.zeros_like(targets)  # one cluster only: the tail clusters are absent
+        nll, _ = model(tokens, random_cache(model, 2), targets)
+        (nll.sum() + model.span_loss()).backward()
+        assert [n for n, p in model.named_parameters() if p.grad is None] == [], variant
+
+
+class _HostReads:
+    """Counts the Python-level reads of tensor values on the host (each a sync on CUDA)."""
+
+    NAMES = ("item", "tolist", "__float__", "__int__", "__bool__", "__index__", "numpy")
+
+    def __init__(self, monkeypatch):
+        self.calls: list[str] = []
+        for name in self.NAMES:
+            original = getattr(torch.Tensor, name)
+
+            def counted(tensor, *args, _name=name, _original=original, **kwargs):
+                self.calls.append(_name)
+                return _original(tensor, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+
+
+@pytest.mark.parametrize("span, reads", [(False, 0), (True, 1)])
+def test_a_training_step_reads_nothing_on_the_host_but_the_trimmed_spans(corpus, tmp_path, monkeypatch, span, reads):
+    """Per update: no read without adaptive-span trimming; with it, one (every layer's span at once)."""
+    model = {"dropout": 0.1}
+    if span:
+        model["adaptive_span"] = {"enabled": True, "loss_coef": 1e-3, "ramp": 4, "trim_memory": True}
+    config = tiny_config(tmp_path, corpus, model=model, train={"batch_split": 2})
+    trainer = _trainer(config, tmp_path / "run")
+    trainer.train_step(1.0)
+    counter = _HostReads(monkeypatch)
+    losses = [trainer.train_step(1.0) for _ in range(3)]
+    assert counter.calls.count("tolist") == 3 * reads and len(counter.calls) == 3 * reads, counter.calls
+    assert all(torch.is_tensor(loss) and loss.dim() == 0 for loss in losses)
+
+
+def test_a_nan_is_found_when_the_losses_are_read_and_no_checkpoint_follows_it(corpus, tmp_path):
+    """log_every 5, checkpoint_every 4: a NaN at update 7 is found when the checkpoint of update 8
+    reads the losses (before writing), named as update 7; the checkpoint of update 4 is the last."""
+    from experiments.train_step import NonFiniteLoss
+
+    config = tiny_config(tmp_path, corpus, train={"steps": 20, "log_every": 5, "checkpoint_every": 4})
+    trainer = _trainer(config, tmp_path / "run")
+    trainer.run_dir.path.mkdir(parents=True)
+    original = trainer.model.forward
+
+    def poisoned(tokens, cache, targets, spans=None):
+        nll, cache = original(tokens, cache, targets, spans)
+        return (nll * float("nan") if trainer.state.step == 6 else nll), cache
+
+    trainer.model.forward = poisoned
+    with pytest.raises(NonFiniteLoss, match="at step 7 .read at step 8"):
+        trainer.run()
+    assert [p.name for p in checkpoint.complete_checkpoints(trainer.run_dir.checkpoints)] == ["step_000000004"]
+
+
+def test_compiled_training_matches_eager(corpus, tmp_path):
+    """train.compile: 3 updates through torch.compile equal eager ones to float rounding (1e-5 nats:
+    the compiled kernels fuse and reorder the same fp32 arithmetic). Slow the first time on a
+    cold machine (inductor compiles C++ with gcc: about 1-2 min on 2 cores; cached afterwards)."""
+    for attention in ("fused", "banded"):  # banded: its autograd Function runs eagerly inside the graph
+        config = tiny_config(tmp_path, corpus, model={"dropout": 0.0, "attention": attention})
+        eager, compiled = _trainer(config, tmp_path / f"e-{attention}"), _trainer(config, tmp_path / f"c-{attention}",
+                                                                              "train.compile=true")
+        for _ in range(3):
+            a, b = eager.train_step(1.0), compiled.train_step(1.0)
+            assert float(a) == pytest.approx(float(b), abs=1e-5)
+        for (name, p), q in zip(eager.model.named_parameters(), compiled.model.parameters()):
+            torch.testing.assert_close(p, q, rtol=0, atol=1e-5, msg=name)
+
+
+def test_evaluate_command_takes_device_max_tokens_and_threads(reference_run, tmp_path):
+    config, run_dir = reference_run
+    ckpt = checkpoint.complete_checkpoints(run_dir / "checkpoints")[0]
+    cmd = [sys.executable, "-m", "experiments.evaluate", str(config), "--checkpoint", str(ckpt), "--batch-size", "2",
+           "--device", "cpu", "--max-tokens", "64", "--threads", "1"]
+    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["split"] for r in records] == ["valid", "test"]
+    assert all(r["tokens"] == 64 and r["full"] is False for r in records)  # 64 // (2 x 8) = 4 blocks of 2 x 8
+    bad = subprocess.run(cmd[:-2] + ["--threads", "-1"], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--threads" in bad.stderr
