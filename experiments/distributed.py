@@ -85,7 +85,7 @@ def resolve_device(preference: str, local_rank: int) -> torch.device:
     if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise UserError("train.device is 'cuda' but no CUDA device is visible")
+        raise UserError("device 'cuda' asked for (train.device or --device) but no CUDA device is visible")
     return torch.device("cuda", local_rank)
 
 

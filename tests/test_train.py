@@ -290,14 +290,16 @@ def test_signal_during_the_final_evaluation_stops_and_the_next_attempt_redoes_it
 # ------------------------------------------------- the GPU training path (issue 9): DDP, host syncs, compile
 
 def test_two_gloo_processes_with_split_batches_match_one_process_and_stop_together(corpus, tmp_path):
-    """DistributedDataParallel with no_sync over batch_split micro-batches; SIGTERM to both ranks
-    stops them at the same multiple of SIGNAL_EVERY; the checkpoint (the module's state, no
-    "module." prefix) resumes both to the end, matching one unsplit process."""
+    """DistributedDataParallel with no_sync over batch_split micro-batches (adaptive span on: its z
+    gets gradients from the forward through DDP and from the span penalty outside it); SIGTERM
+    to both ranks stops them at the same multiple of SIGNAL_EVERY; the checkpoint (the module's
+    state, no "module." prefix) resumes both to the end, matching one unsplit process."""
     from experiments.trainer import SIGNAL_EVERY
 
-    config = tiny_config(tmp_path, corpus, model={"dropout": 0.0},
+    model = {"dropout": 0.0, "adaptive_span": {"enabled": True, "loss_coef": 1e-2, "ramp": 4, "init": 0.5}}
+    config = tiny_config(tmp_path, corpus, model=model,
                          train={"steps": 30, "eval_every": 1000, "checkpoint_every": 1000})
-    split = tiny_config(tmp_path, corpus, model={"dropout": 0.0},
+    split = tiny_config(tmp_path, corpus, model=model,
                         train={"steps": 30, "eval_every": 1000, "checkpoint_every": 1000, "batch_split": 2})
     single = run_train(config, tmp_path / "single")
     assert single.returncode == 0, single.stderr
