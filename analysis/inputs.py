@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from experiments.manifest import add_selection_arguments
+from experiments.grid import DEFAULT_ROOT
+from experiments.manifest import FILENAME, add_selection_arguments, select
 from model.errors import UserError
 
 RUN_MARKER = "config.yaml"
@@ -89,10 +90,6 @@ def _run_dirs_of(path: Path, root: str | os.PathLike | None = None, overrides: S
 def _grid_run_dirs(grid: Path, root: str | os.PathLike | None, overrides: Sequence[str],
                    only: Sequence[str]) -> list[Path]:
     """The submitted runs of a grid (those its manifest records), narrowed by --set/--only."""
-    # Imported here so that analysing result folders never loads the config stack.
-    from experiments.grid import DEFAULT_ROOT
-    from experiments.manifest import FILENAME, select
-
     selection = select(grid, Path(root) if root is not None else DEFAULT_ROOT, overrides, only)
     grid_dir = selection.manifest.grid_dir
     if selection.manifest.exists:

@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from experiments.atomic import atomic_write_json
+from experiments.grid import load_grid
+from experiments.run_config import find_run_dir
 from model.errors import UserError
 
 FILENAME = "manifest.json"
@@ -260,10 +262,6 @@ class Selection:
 def select(grid_file: str | os.PathLike, root: str | os.PathLike, overrides: Sequence[str] = (),
            only: Sequence[str] = ()) -> Selection:
     """The runs of a grid to show (module docstring), in a stable order."""
-    # Imported here: reading a manifest (and the analysis of result folders) needs no config stack.
-    from experiments.grid import load_grid
-    from experiments.run_config import find_run_dir
-
     grid_file, overrides, only = Path(grid_file), list(overrides), list(only)
     if not grid_file.is_file():
         raise UserError(f"{grid_file}: no such grid file")

@@ -48,6 +48,7 @@ from experiments.run_config import RunConfig
 from experiments.run_dir import RunDir
 from experiments.train import prepare_run_dir
 from model.errors import UserError
+from model.summary import activation_bytes, count_parameters, summarize
 from experiments.cli import run_cli
 from slurm import manifest
 from slurm.job import MAX_NUM_TIMEOUT, TrainingJob
@@ -84,8 +85,6 @@ class PlannedRun:
 
 def estimate_gpu_hours(cfg: RunConfig, profile: ClusterProfile) -> float:
     """Model FLOPs of the whole run over the profile's sustained throughput per device."""
-    from model.summary import summarize
-
     tokens = (cfg.train.steps + cfg.train.finetune_steps) * cfg.train.batch_size * cfg.train.block_size
     flops = summarize(cfg.model)["flops_per_token"] * tokens
     return flops / (profile.achieved_tflops_per_gpu * 1e12) / 3600
@@ -99,8 +98,6 @@ def devices(cfg: RunConfig) -> int:
 def estimate_memory_bytes(cfg: RunConfig) -> int:
     """One process: fp32 weights, gradients and optimizer state (Adagrad 1, Adam 2 tensors per
     weight) plus `model.summary`'s activation estimate for its micro-batch. An estimate."""
-    from model.summary import activation_bytes, count_parameters
-
     params = count_parameters(cfg.model)["params_total"]
     states = 2 if cfg.optim.name == "adam" else 1
     rows = max(1, cfg.train.batch_size // devices(cfg) // cfg.train.batch_split)
