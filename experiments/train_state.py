@@ -38,7 +38,3 @@ class TrainState:
     def from_dict(cls, data: Mapping[str, Any]) -> TrainState:
         """Read a checkpoint's "state"; fields it lacks keep their defaults. TypeError on unknown keys."""
         return cls(**data)
-
-    def __getitem__(self, name: str) -> Any:
-        """Read a field by the name the checkpoint gives it, e.g. `state["step"]`."""
-        return getattr(self, name)

@@ -163,7 +163,7 @@ def test_non_finite_loss_fails_the_run_and_keeps_the_last_checkpoint(corpus, tmp
 
     def poisoned(tokens, cache, targets, spans=None):
         nll, cache = original(tokens, cache, targets, spans)
-        return (nll * float("nan") if trainer.state["step"] >= 5 else nll), cache
+        return (nll * float("nan") if trainer.state.step >= 5 else nll), cache
 
     trainer.model.forward = poisoned
     from experiments.train_step import NonFiniteLoss
