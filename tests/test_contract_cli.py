@@ -1,0 +1,81 @@
+"""Each refusal of the data contract (issue 8, item 6) at both entry points that spend compute:
+`slurm.submit --dry-run` (every run of a grid, before anything is written) and the start of
+`experiments.train`: exit 2, one stderr line naming the config field, nothing written."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments import data
+from tests.conftest import PROJECT_ROOT
+from tests.helpers import prepare_lexicon, tiny_config
+
+WORDS = {"train": "b a c\na c\nd\n" * 30, "valid": "a b\n" * 30, "test": "c d\n" * 30}
+ADAPTIVE = {"output": "adaptive", "adaptive_cutoffs": [2], "adaptive_div_value": 2.0}
+
+# case -> (corpus, config sections, the field the error names)
+CASES = {
+    "vocabulary size": ("lexicon", {"model": {"vocab_size": 40}}, "model.vocab_size"),
+    "adaptive output on ids not ordered by frequency": ("words", {"model": ADAPTIVE, "eval": {"batch_size": 2}}, "model.output"),
+    "eval split too short for the eval batch and block": ("lexicon", {"eval": {"batch_size": 400}}, "eval.batch_size"),
+    "batch_split does not divide the rows": ("lexicon", {"train": {"batch_split": 3}}, "train.batch_split"),
+    "data path that does not exist": ("missing", {}, "data.path"),
+}
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("contract-cli")
+    source = root / "words-src"
+    source.mkdir()
+    for split, text in WORDS.items():
+        (source / f"{split}.txt").write_text(text)
+    assert data.main(["prepare", "text", "--source", str(source), "--level", "word", "--out", str(root / "words")]) == 0
+    return {"lexicon": prepare_lexicon(root / "lexicon"), "words": root / "words",
+            "missing": root / "lexicon"}
+
+
+def _config(tmp_path: Path, corpora: dict[str, Path], case: str) -> Path:
+    corpus, sections, _ = CASES[case]
+    path = tiny_config(tmp_path, corpora[corpus], **sections)
+    if corpus == "missing":
+        path.write_text(path.read_text().replace(str(corpora["missing"]), str(tmp_path / "not-prepared")))
+    return path
+
+
+def _refused_in_one_line(proc: subprocess.CompletedProcess, field: str) -> None:
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert field in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_refused_at_submit_dry_run_with_nothing_written(case, corpora, tmp_path):
+    config, root = _config(tmp_path, corpora, case), tmp_path / "root"
+    proc = subprocess.run([sys.executable, "-m", "slurm.submit", str(config), "--cluster", "local", "--dry-run",
+                           "--root", str(root)], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    _refused_in_one_line(proc, CASES[case][2])
+    assert not root.exists()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_refused_at_train_start_with_nothing_written(case, corpora, tmp_path):
+    config, run_dir = _config(tmp_path, corpora, case), tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "experiments.train", str(config), "--run-dir", str(run_dir)],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    _refused_in_one_line(proc, CASES[case][2])
+    assert not run_dir.exists()
+
+
+def test_batch_not_divisible_by_the_process_count_is_refused_at_submission(corpora, tmp_path):
+    """3 CPU processes for 4 rows: refused before the job is submitted."""
+    config = tiny_config(tmp_path, corpora["lexicon"])
+    config.write_text(config.read_text() + "slurm:\n  cpu_tasks_per_node: 3\n")
+    proc = subprocess.run([sys.executable, "-m", "slurm.submit", str(config), "--cluster", "local", "--dry-run",
+                           "--root", str(tmp_path / "root")], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=120)
+    _refused_in_one_line(proc, "train.batch_size")
+    assert not (tmp_path / "root").exists()
