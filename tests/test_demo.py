@@ -30,9 +30,30 @@ def test_demo_grid_end_to_end(tmp_path):
     table = (report / "comparison.md").read_text()
     assert "floor" in table and "transformer" in table
     assert "| transformer (baseline) | 0 | 4 | 1 |" in table
-    assert "demo: 6 submitted run(s) matching --set data.path=" in proc.stderr
-    assert "6 of 6 runs finished" in proc.stdout
+    assert "demo: 8 submitted run(s) matching --set data.path=" in proc.stderr
+    assert "8 of 8 runs finished" in proc.stdout
 
     again = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "6 done" in again.stdout and "0 to submit" in again.stdout
+    assert "8 done" in again.stdout and "0 to submit" in again.stdout
+
+
+def test_demo_runs_differ_only_in_the_fields_the_demo_names():
+    """Fixed depth and geometry: N, the variant and the FFN width are the only changes (experiments/demo.yaml)."""
+    from experiments.grid import load_grid
+
+    def flat(data, prefix=""):
+        for key, value in data.items():
+            if isinstance(value, dict):
+                yield from flat(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    runs = {cfg.name: dict(flat(cfg.to_dict())) for cfg in load_grid(PROJECT_ROOT / "experiments" / "demo.yaml").runs}
+    reference = runs["all-attn-N128"]
+    allowed = {"name", "model.variant", "model.num_persistent", "model.ffn_size"}
+    for name, values in runs.items():
+        differing = {k for k in reference.keys() | values.keys() if reference.get(k) != values.get(k)}
+        assert differing <= allowed, (name, differing - allowed)
+        assert values["model.num_layers"] == 4
+    assert sorted(v["model.num_persistent"] for v in runs.values() if v["model.variant"] in ("all_attention", "attention_only")) == [0, 32, 128]

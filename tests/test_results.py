@@ -48,3 +48,14 @@ def test_committed_claims_match_the_runs():
     """claims.md is what `analysis.report --claims` says of the copied runs today."""
     again = format_claims(evaluate_claims(load_runs([RESULTS / "runs"])), "markdown")
     assert (RESULTS / "claims.md").read_text() == again
+
+
+def test_committed_demo_check_matches_its_runs():
+    """results/demo_check: 24 runs (8 configurations x 3 seeds); its tables are what the runs say."""
+    from analysis.report import compare_variants, format_report
+
+    check = PROJECT_ROOT / "results" / "demo_check"
+    runs = load_runs([check / "runs"])
+    assert len(runs) == 24 and (runs.groupby("config_group").size() == 3).all()
+    assert (check / "comparison.md").read_text() == format_report(compare_variants(runs, "transformer"), "markdown")
+    assert (check / "claims.md").read_text() == format_claims(evaluate_claims(runs), "markdown")
