@@ -162,27 +162,25 @@ def point_name(point: pd.Series) -> str:
 
 
 def _claim_a(summary: pd.DataFrame, context: dict[str, Any]) -> dict[str, Any]:
-    tolerance = context["tolerance"]
-    other = _best(summary[summary["variant"] == REFERENCE])
-    if other is None:
-        return _not_tested("a", "no transformer runs")
-    ours = _best(_equal_parameters(_joint(summary), other, tolerance))
-    if ours is None:
-        why = f"no all-attention point within {tolerance:.0%} of the transformer's parameters"
-        return _not_tested("a", why)
-    return _compare("a", ours, other, _equivalence, context)
+    return _against_equal_parameters("a", summary, context, REFERENCE, _equivalence, "no transformer runs",
+                                     "no all-attention point within {:.0%} of the transformer's parameters")
 
 
 def _claim_b(summary: pd.DataFrame, context: dict[str, Any]) -> dict[str, Any]:
-    tolerance = context["tolerance"]
-    other = _best(summary[summary["variant"] == ZERO])
+    return _against_equal_parameters("b", summary, context, ZERO, _superiority, "no attention-only (N = 0) runs",
+                                     "no all-attention N > 0 point within {:.0%} of attention-only's parameters")
+
+
+def _against_equal_parameters(claim: str, summary: pd.DataFrame, context: dict[str, Any], variant: str,
+                              test: Any, missing: str, unmatched: str) -> dict[str, Any]:
+    """The best all-attention point within the parameter tolerance of the best `variant` point."""
+    other = _best(summary[summary["variant"] == variant])
     if other is None:
-        return _not_tested("b", "no attention-only (N = 0) runs")
-    ours = _best(_equal_parameters(_joint(summary), other, tolerance))
+        return _not_tested(claim, missing)
+    ours = _best(_equal_parameters(_joint(summary), other, context["tolerance"]))
     if ours is None:
-        why = f"no all-attention N > 0 point within {tolerance:.0%} of attention-only's parameters"
-        return _not_tested("b", why)
-    return _compare("b", ours, other, _superiority, context)
+        return _not_tested(claim, unmatched.format(context["tolerance"]))
+    return _compare(claim, ours, other, test, context)
 
 
 def _claim_c(summary: pd.DataFrame, context: dict[str, Any]) -> list[dict[str, Any]]:
