@@ -1,4 +1,4 @@
-"""Training throughput:  python -m experiments.benchmark CONFIG.yaml [--set k=v ...] [--steps N] [--json] [--csv FILE]
+"""Training throughput:  python -m experiments.benchmark CONFIG.yaml [--set k=v ...] [--steps N] [--json] [--csv FILE] [--profile]
 
 Times the trainer's own update (experiments/train_step.py TrainStep: the run's
 `train.precision`, `model.attention`, `train.batch_split` and `train.compile`, forward +
@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from experiments.atomic import atomic_write_text
 from experiments.cli import run_cli
@@ -102,6 +103,57 @@ def timed_steps(cfg: RunConfig, device: torch.device, steps: int, warmup: int = 
     return {"seconds": seconds, "peak_memory_mb": peak_memory_mb(device), "last_loss": losses[-1].item()}
 
 
+OP_KINDS = (
+    ("matmul", ("aten::mm", "aten::bmm", "aten::addmm", "aten::addmm_", "aten::baddbmm", "aten::baddbmm_")),
+    ("softmax", ("aten::_softmax", "aten::_softmax_backward_data", "aten::_log_softmax", "aten::_log_softmax_backward_data")),
+    ("layer norm", ("aten::native_layer_norm", "aten::native_layer_norm_backward")),
+    ("copy, fill, cat", ("aten::copy_", "aten::cat", "aten::fill_", "aten::zero_", "aten::index_fill_", "aten::clone")),
+)
+STEP_PARTS = (("banded attention", "_BandedAttention"), ("K/V projection", "_ContextProjection"), ("optimizer", "Optimizer."))
+
+
+def profile_breakdown(cfg: RunConfig, device: torch.device, steps: int = 3, warmup: int = 2) -> dict[str, dict[str, float]]:
+    """Self CPU time of `steps` updates under torch.profiler, ms per step, by op kind and by
+    part of the step (an op belongs to the part of its innermost enclosing region)."""
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model).to(device)
+    update = TrainStep(cfg, model, random_tokens(cfg, steps + warmup), DistContext(rank=0, world_size=1, device=device))
+    state = TrainState()
+    for _ in range(warmup):
+        update(state, 1.0)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            update(state, 1.0)
+    kinds: dict[str, float] = {}
+    parts: dict[str, float] = {}
+    for event in prof.events():
+        ms = event.self_cpu_time_total / 1000 / steps
+        kinds[_op_kind(event.name)] = kinds.get(_op_kind(event.name), 0.0) + ms
+        parts[_step_part(event)] = parts.get(_step_part(event), 0.0) + ms
+    return {"by_op_kind": kinds, "by_part": parts}
+
+
+def _op_kind(name: str) -> str:
+    kind = next((kind for kind, ops in OP_KINDS if name in ops), None)
+    return kind or ("other aten ops" if name.startswith("aten::") else "Python, autograd")
+
+
+def _step_part(event) -> str:
+    while event is not None:
+        part = next((part for part, prefix in STEP_PARTS if event.name.startswith(prefix)), None)
+        if part:
+            return part
+        event = event.cpu_parent
+    return "rest of the model"
+
+
+def print_breakdown(breakdown: dict[str, dict[str, float]]) -> None:
+    for title, table in (("by op kind", breakdown["by_op_kind"]), ("by part of the step", breakdown["by_part"])):
+        total = sum(table.values())
+        cells = [f"{name} {ms:.1f} ({100 * ms / total:.0f}%)" for name, ms in sorted(table.items(), key=lambda kv: -kv[1])]
+        print(f"  {title} (self CPU ms per step): " + ", ".join(cells))
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -159,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--csv", type=Path, help="append the result as a row of this CSV")
+    parser.add_argument("--profile", action="store_true", help="also profile 3 more steps: self CPU time by op kind and part")
     args = parser.parse_args(argv)
     if args.steps < 1:
         raise UserError("--steps must be >= 1")
@@ -167,15 +220,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device("cpu" if cfg.train.device == "cpu" else "auto", 0)  # a GPU config runs on CPU without one
     result = benchmark(cfg, device, args.steps)
+    breakdown = profile_breakdown(cfg, device) if args.profile else None
     if args.csv:
         append_csv(args.csv, result)
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(result | ({"profile": breakdown} if breakdown else {})))
     else:
         print(f"{result['name']}: {result['tokens_per_s']:,.0f} tokens/s, {result['ms_per_step']:.1f} ms/step, "
               f"{result['precision']}, {result['attention']} attention, model-MFU {100 * result['model_mfu']:.1f}% "
               f"of {result['matmul_gflops']:.1f} GFLOP/s {result['precision']} matmul peak, "
               f"peak memory {result['peak_memory_mb']:,.0f} MB ({result['memory_source']}; {result['device']})")
+        if breakdown:
+            print_breakdown(breakdown)
     return 0
 
 

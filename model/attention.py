@@ -3,7 +3,8 @@
 Symbols: B batch, M block (queries), K kept span (keys each query sees; K = L
 unless adaptive-span trimming is on), L attention span, T = K + M key rows over
 [cache ; block], H heads attending to the context, d_h head width, d' = H d_h,
-N persistent slots, c queries per chunk, W = K + c - 1 keys in a chunk's window.
+G = H B (head, batch element) pairs, N persistent slots, c queries per chunk,
+n = M / c chunks, W = K + c key rows in a chunk's window, R = W + N scores per query.
 
 Query t of the block (t = 0..M-1) sits at key row K + t of [cache ; block] and
 attends to the K rows t .. t + K - 1, i.e. distances dist = K .. 1; itself and
@@ -13,42 +14,55 @@ and, in the joint variant, q_t . Pk_n / sqrt(d_h) for persistent slot n, all in
 one softmax. With an adaptive span the context probabilities are multiplied by
 the soft mask m(dist) and all probabilities renormalised by their sum + 1e-8.
 
-Cost: per head, queries are processed in chunks of c rows; a chunk needs only
-the W contiguous key rows of its window, so its scores are c x (W + N): the work
-is O(M (K + c + N)) per head, never O(M (K + M)), and no mask is materialised.
-The position term is one dense product for all queries and heads, written into
-a buffer whose rows end with c slots of -inf, so that a strided view (a "skew")
-puts each distance at its key's column and -inf outside the band. Queries,
-keys and values stay in the projections' token-major layout (B x T x d'); each
-head reads its columns through strided views, so nothing is permuted or copied
-per head. Forward and backward are written by hand (_BandedAttention) so that
-overlapping windows accumulate their gradients in place.
+Layout: queries, keys and values are copied once each into head-major tensors
+(group g = h B + b), so that every product below is one batched product over all
+heads and batch elements (G matrices) instead of a loop over heads. The keys and
+values hold the T rows of [cache ; block] followed by the N persistent slots:
+G x (T + N) x d_h.
+
+Cost: queries are processed in chunks of c rows. A chunk's scores are G x c x R:
+its window of W contiguous key rows, then the persistent slots, so the work is
+O(M (K + c + N)) per head, never O(M (K + M)). A window's last row is outside
+every query's band (the chunk's last query sees up to the row before it), but it
+makes the last window end at row T, where the persistent rows begin, so the last
+chunk's scores are one product; an earlier chunk's are two, into strided outputs.
+The position term is one product for all of a chunk's queries, added in place on
+the band through a diagonal view of the scores (row stride R + 1 puts distance
+K - u of query row r at window column r + u); scores off the band are set to -inf.
+Forward and backward are written by hand (_BandedAttention) so that the products
+write into their outputs and the overlapping windows accumulate their gradients
+in place. Large buffers are recycled between calls (_Recycled).
 """
 from __future__ import annotations
+
+import math
+import threading
+import weakref
 
 import torch
 from torch import Tensor
 
 SPAN_EPS = 1e-8
 """Added to the sum before the adaptive-span renormalisation (as the authors do)."""
-TARGET_WASTE = 0.125
-"""Fraction of extra (out-of-band) scores a chunk may compute; bounds the chunk height c."""
-CHUNK_BYTES = 1 << 18
-"""On CPU, one batch element's chunk of scores should stay in a core's L2 cache."""
+TARGET_WASTE = 0.5
+"""Extra (out-of-band) scores per query that a chunk may compute, as a fraction of the
+useful ones: c / (K + N). Splitting the block costs more than the band saves well before
+that (results/benchmarks/README.md: 64-query chunks lose to one 128-query chunk at span
+256, N 256, where one chunk computes 25% extra scores)."""
 MIN_CHUNK = 32
-"""Below this height, the batched products lose more to overhead than the band saves."""
+"""Below this height, the per-chunk products lose more to overhead than the band saves."""
 
 
 def chunk_height(block: int, kept: int, slots: int, device: torch.device) -> int:
-    """Queries per chunk, a divisor of the block: as tall as the window overhead (c-1)/K
-    allows and, on CPU, as the L2 cache allows (c x (W + N) scores); on GPU the whole
-    block (fewer, larger launches). Without a divisor near that height: the whole block."""
+    """Queries per chunk, a divisor of the block: the tallest whose window overhead
+    c / (K + N) is within TARGET_WASTE (one chunk makes every product one contiguous batched
+    product; more chunks split them and accumulate overlapping windows), else the shortest
+    not under MIN_CHUNK. On GPU the whole block (fewer, larger launches)."""
     if device.type != "cpu":
         return block
-    target = min(int(TARGET_WASTE * kept), CHUNK_BYTES // (4 * (kept + slots)))
-    target = min(block, max(MIN_CHUNK, target))
-    height = max(c for c in range(1, target + 1) if block % c == 0)
-    return height if 2 * height > target else block
+    allowed = [c for c in range(min(MIN_CHUNK, block), block + 1) if block % c == 0]
+    within = [c for c in allowed if c <= TARGET_WASTE * (kept + slots)]
+    return max(within) if within else min(allowed)
 
 
 def context_attention(
@@ -85,78 +99,125 @@ def context_attention(
     return _BandedAttention.apply(q, kv, pos_rev, mask_rev, keys, values, heads, dropout if training else 0.0)
 
 
+class _Recycled:
+    """Large buffers recycled within the process. Every step allocates and frees the same big
+    tensors (head-major keys/values, scores, their gradients), and glibc hands blocks over
+    32 MB back to the OS on free, so a fresh one costs a page fault per 4 KB page: about half
+    a millisecond per MB on a VM, a third of a span-2048 step. A buffer is given back when
+    nothing can read it any more: at the end of the call that used it, or when the autograd
+    context that saved it is released (after backward; at once without gradient)."""
+
+    def __init__(self, keep: int):
+        self._free: list[Tensor] = []
+        self._keep = keep  # free buffers kept at most (the newest)
+        self._lock = threading.Lock()
+
+    def take(self, like: Tensor, *shape: int) -> Tensor:
+        """An uninitialised tensor of `shape`, `like`'s dtype and device: the smallest free
+        buffer that holds it, or a new one."""
+        numel = math.prod(shape)
+        with self._lock:
+            fits = [i for i, b in enumerate(self._free) if b.numel() >= numel and b.dtype == like.dtype and b.device == like.device]
+            buf = self._free.pop(min(fits, key=lambda i: self._free[i].numel())) if fits else like.new_empty(numel)
+        return buf[:numel].view(shape)
+
+    def give(self, *tensors: Tensor) -> None:
+        """Give back tensors from `take` that nothing will read again."""
+        with self._lock:
+            self._free.extend(t._base for t in tensors)
+            del self._free[: -self._keep]
+
+
+_BUFFERS = _Recycled(keep=32)
+
+
 class _Band:
-    """Shapes and chunking of one call, the views that select a head's columns, and the skew
-    between distance and window coordinates. n = M/c chunks; a head's chunk-major rows
-    are n x B x c."""
+    """Shapes and chunking of one call, the head-major copies in and out, and the views that
+    place a chunk's window, its persistent slots and its distances."""
 
     def __init__(self, q: Tensor, kv: Tensor, heads: int, pers_keys: Tensor | None):
         self.batch, self.block, width = q.shape
         self.heads, self.d_head = heads, width // heads
-        self.kept = kv.shape[1] - self.block
+        self.groups = heads * self.batch  # G
+        self.rows = kv.shape[1]  # T
+        self.kept = self.rows - self.block  # K
         self.num_pers = 0 if pers_keys is None else pers_keys.shape[-1]
-        self.height = chunk_height(self.block, self.kept, self.num_pers, q.device)
-        self.width = self.kept + self.height - 1  # W
-        self.starts = range(0, self.block, self.height)
+        self.height = chunk_height(self.block, self.kept, self.num_pers, q.device)  # c
+        self.chunks = self.block // self.height  # n
+        self.width = self.kept + self.height  # W
+        self.row = self.width + self.num_pers  # R
 
-    def keys(self, kv: Tensor, head: int, start: int) -> Tensor:
-        """Head `head`'s keys in the window of the chunk at `start`: B x W x d_h (a view)."""
-        return kv[:, start : start + self.width, head * self.d_head : (head + 1) * self.d_head]
-
-    def values(self, kv: Tensor, head: int, start: int) -> Tensor:
-        offset = (self.heads + head) * self.d_head
-        return kv[:, start : start + self.width, offset : offset + self.d_head]
-
-    def head(self, x: Tensor, head: int) -> Tensor:
-        """Head `head`'s columns of a B x M x d' tensor: B x M x d_h (a view)."""
-        return x[..., head * self.d_head : (head + 1) * self.d_head]
-
-    def chunked(self, x: Tensor) -> Tensor:
-        """B x M x m -> n x B x c x m, chunk-major rows (a view)."""
-        return x.view(self.batch, -1, self.height, x.shape[-1]).transpose(0, 1)
-
-    def to_chunks(self, x: Tensor) -> Tensor:
-        """`chunked`, as a contiguous copy."""
-        return self.chunked(x).contiguous()
-
-    def skewed(self, padded: Tensor, start: int) -> Tensor:
-        """Rows start.. of `padded` (... x R x (K + c) with any row stride; row i holds column
-        u = distance K - u, then c padding slots, and the c slots before each row are padding
-        too) in window coordinates: ... x c x W, column j of row i is distance K + i - j
-        inside the band and a padding slot outside it (a view)."""
-        *lead, row_stride, _ = padded.stride()
-        size = (*padded.shape[:-2], self.height, self.width)
-        return padded.as_strided(size, (*lead, row_stride - 1, 1), padded.storage_offset() + start * row_stride)
-
-    def unskewed(self, x: Tensor) -> Tensor:
-        """Inverse view of `skewed` on ... x c x (W + ...) with unit column stride:
-        ... x c x K, column u = distance K - u."""
-        *lead, row_stride, _ = x.stride()
-        return x.as_strided((*x.shape[:-1], self.kept), (*lead, row_stride + 1, 1), x.storage_offset())
-
-    def position_scores(self, qs: Tensor, pos_rev: Tensor) -> Tensor:
-        """qs . P for every query, head and distance in one product, each row followed by c
-        slots of -inf (what `skewed` reads outside the band): B x M x H x (K + c)."""
-        width = self.kept + self.height
-        out = qs.new_empty(self.batch, self.block, self.heads, width)
-        out[..., self.kept :] = float("-inf")
-        torch.mm(qs.view(-1, self.d_head), pos_rev, out=out.view(-1, width)[:, : self.kept])
+    def to_chunks(self, x: Tensor, out: Tensor, scale: float = 1.0) -> Tensor:
+        """B x M x d' -> `out`, n x G x c x d_h, head-major, times `scale` (one copy)."""
+        parts = x.reshape(self.batch, self.chunks, self.height, self.heads, self.d_head).permute(1, 3, 0, 2, 4)
+        torch.mul(parts, scale, out=out.view(parts.shape))  # n x H x B x c x d_h
         return out
 
-    def skewed_mask(self, mask_rev: Tensor) -> Tensor:
-        """H x K span mask by reversed distance -> H x c x W in window coordinates, 0 off the band."""
-        padded = mask_rev.new_zeros(self.heads, self.height, self.kept + self.height)  # H x c x (K + c)
-        padded[..., : self.kept] = mask_rev.unsqueeze(1)
-        return self.skewed(padded, 0)
+    def from_chunks(self, x: Tensor, scale: float = 1.0) -> Tensor:
+        """n x G x c x d_h -> B x M x d', times `scale` (one copy): the inverse of `to_chunks`."""
+        parts = x.view(self.chunks, self.heads, self.batch, self.height, self.d_head).permute(2, 0, 3, 1, 4)
+        out = torch.mul(parts, scale, out=x.new_empty(parts.shape))  # B x n x c x H x d_h
+        return out.view(self.batch, self.block, -1)
+
+    def split_context(self, kv: Tensor, pers_keys: Tensor | None, pers_values: Tensor | None, out: Tensor) -> Tensor:
+        """Keys and values into `out`, 2 x G x (T + N) x d_h: the rows of kv (B x T x 2d'), then
+        the persistent slots (the same for every batch element)."""
+        view = out.view(2, self.heads, self.batch, self.rows + self.num_pers, self.d_head)
+        view[..., : self.rows, :] = kv.reshape(self.batch, self.rows, 2, self.heads, self.d_head).permute(2, 3, 0, 1, 4)
+        if pers_keys is not None:
+            view[0, ..., self.rows :, :] = pers_keys.transpose(1, 2).unsqueeze(1)  # H x 1 x N x d_h
+            view[1, ..., self.rows :, :] = pers_values.unsqueeze(1)
+        return out
+
+    def merge_context(self, grad: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Gradient of `split_context`'s output -> (d kv B x T x 2d', d keys H x d_h x N,
+        d values H x N x d_h); the persistent slots' gradients sum over the batch."""
+        grad = grad.view(2, self.heads, self.batch, self.rows + self.num_pers, self.d_head)
+        d_kv = grad.new_empty(self.batch, self.rows, 2, self.heads, self.d_head)
+        d_kv.copy_(grad[..., : self.rows, :].permute(2, 3, 0, 1, 4))
+        d_kv = d_kv.view(self.batch, self.rows, -1)
+        if self.num_pers == 0:
+            return d_kv, None, None
+        d_pers = grad[..., self.rows :, :].sum(2)  # 2 x H x N x d_h
+        return d_kv, d_pers[0].transpose(1, 2), d_pers[1]
+
+    def parts(self, chunk: int) -> list[tuple[slice, slice]]:
+        """(columns of the chunk's scores, the key/value rows they read): its window, then the
+        persistent slots; one part when they are adjacent (the last chunk, or N = 0)."""
+        start = chunk * self.height
+        if start + self.width == self.rows or self.num_pers == 0:
+            return [(slice(None), slice(start, start + self.row))]
+        return [(slice(0, self.width), slice(start, start + self.width)), (slice(self.width, None), slice(self.rows, None))]
+
+    def fresh_rows(self, chunk: int) -> slice:
+        """Key rows that the chunk's window reaches first (all of its window for chunk 0)."""
+        end = chunk * self.height + self.width
+        return slice(0 if chunk == 0 else end - self.height, end)
+
+    def distances(self, scores: Tensor) -> Tensor:
+        """A chunk's G x c x R (unit column stride) -> G x c x K: column u of row r is distance
+        K - u, at window column r + u (a view)."""
+        lead, row_stride, _ = scores.stride()
+        return scores.as_strided((self.groups, self.height, self.kept), (lead, row_stride + 1, 1), scores.storage_offset())
+
+    def by_head(self, x: Tensor) -> Tensor:
+        """G x ... -> H x B x ... (a view)."""
+        return x.view(self.heads, self.batch, *x.shape[1:])
+
+    def outside(self, device: torch.device) -> Tensor:
+        """Flat positions, in a chunk's c x R scores, of the window columns outside the band."""
+        row = torch.arange(self.height, device=device).unsqueeze(1)  # c x 1
+        col = torch.arange(self.width, device=device)  # W
+        return (row * self.row + col).masked_select((col < row) | (col >= row + self.kept))
 
 
-class _Head:
-    """What one head's forward pass keeps for the backward pass (n x B x c x (W + N) each)."""
+class _Chunk:
+    """What one chunk's forward pass keeps for the backward pass (G x c x R each)."""
 
     def __init__(self, probs: Tensor, renormed: Tensor, norm: Tensor | None, keep: Tensor | None):
         self.probs = probs  # the softmax output
         self.renormed = renormed  # after the span mask and renormalisation (or `probs`)
-        self.norm = norm  # n x B x c x 1: renormalisation sum + eps (adaptive span), or None
+        self.norm = norm  # G x c x 1: renormalisation sum + eps (adaptive span), or None
         self.keep = keep  # dropout's keep mask, or None
 
 
@@ -166,60 +227,61 @@ class _BandedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, kv, pos_rev, mask_rev, pers_keys, pers_values, heads, dropout):
         band = _Band(q, kv, heads, pers_keys)
-        qs = q * band.d_head**-0.5  # B x M x d' (contiguous): scores are qs . (k + P)
-        pos_scores = band.position_scores(qs, pos_rev)  # B x M x H x (K + c)
-        mask = None if mask_rev is None else band.skewed_mask(mask_rev)  # H x c x W
-        out = torch.empty_like(qs)  # B x M x d'
-        saved = []
-        for head in range(band.heads):
-            probs = _head_scores(band, head, qs, kv, pos_scores, pers_keys)  # n x B x c x (W + N)
-            probs = torch.ops.aten._softmax.out(probs, -1, False, out=probs)  # in place
-            renormed, norm = _renormalise(band, probs, None if mask is None else mask[head])
+        qs = band.to_chunks(q, _BUFFERS.take(q, band.chunks, band.groups, band.height, band.d_head), band.d_head**-0.5)
+        context = band.split_context(kv, pers_keys, pers_values, _BUFFERS.take(q, 2, band.groups, band.rows + band.num_pers, band.d_head))
+        probs = _BUFFERS.take(q, band.chunks, band.groups, band.height, band.row)  # n x G x c x R
+        out = _BUFFERS.take(q, *qs.shape)  # n x G x c x d_h
+        outside, saved = band.outside(q.device), []
+        for i in range(band.chunks):
+            _scores(band, i, qs[i], context[0], pos_rev, outside, probs[i])
+            torch.ops.aten._softmax.out(probs[i], -1, False, out=probs[i])  # in place
+            renormed, norm = _renormalise(band, probs[i], mask_rev)
             keep, used = _drop(renormed, dropout)
-            band.chunked(band.head(out, head)).copy_(_head_output(band, head, used, kv, pers_values))
-            saved.append(_Head(probs, renormed, norm, keep))
-        ctx.band, ctx.saved, ctx.dropout, ctx.qs, ctx.mask = band, saved, dropout, qs, mask
-        ctx.save_for_backward(kv, pos_rev, pers_keys, pers_values)
-        return out
+            _output(band, i, used, context[1], out[i])
+            saved.append(_Chunk(probs[i], renormed, norm, keep))
+        ctx.band, ctx.saved, ctx.dropout, ctx.qs, ctx.context = band, saved, dropout, qs, context
+        ctx.save_for_backward(pos_rev, mask_rev)
+        weakref.finalize(ctx, _BUFFERS.give, qs, context, probs)
+        result = band.from_chunks(out)
+        _BUFFERS.give(out)
+        return result
 
     @staticmethod
     def backward(ctx, grad_out):
-        band, qs, mask = ctx.band, ctx.qs, ctx.mask
-        kv, pos_rev, pers_keys, pers_values = ctx.saved_tensors
-        grads = _Grads(band, qs, kv, mask, pers_keys)
-        for head, state in enumerate(ctx.saved):
-            d_out = band.to_chunks(band.head(grad_out, head))  # n x B x c x d_h
-            d_used = grads.add_outputs(head, state, d_out, kv, pers_values, ctx.dropout)  # n x B x c x (W + N)
-            d_scores = _scores_grad(band, head, state, d_used, mask, grads)
-            grads.add_scores(head, d_scores, qs, kv, pers_keys)
-        d_q, d_pos = grads.queries_and_positions(qs, pos_rev)
-        return d_q, grads.kv, d_pos, grads.mask, grads.pers_keys, grads.pers_values, None, None
+        band, qs, context = ctx.band, ctx.qs, ctx.context
+        pos_rev, mask_rev = ctx.saved_tensors
+        d_out = band.to_chunks(grad_out, _BUFFERS.take(qs, *qs.shape))  # n x G x c x d_h
+        grads = _Grads(band, qs, mask_rev)
+        for i, state in enumerate(ctx.saved):
+            d_used = grads.add_values(i, state, d_out[i], context[1], ctx.dropout)  # G x c x R
+            d_scores = _scores_grad(band, state, d_used, mask_rev, grads)
+            grads.add_scores(i, d_scores, qs[i], context[0], pos_rev)
+        d_kv, d_pers_keys, d_pers_values = band.merge_context(grads.context)
+        d_q = band.from_chunks(grads.q, band.d_head**-0.5)
+        _BUFFERS.give(d_out, grads.context, grads.q, grads.d_used, grads.d_pos)
+        return d_q, d_kv, grads.pos, grads.mask, d_pers_keys, d_pers_values, None, None
 
 
-def _head_scores(band: _Band, head: int, qs: Tensor, kv: Tensor, pos_scores: Tensor, pers_keys: Tensor | None) -> Tensor:
-    """Scores of one head, chunk by chunk: n x B x c x W over each window, then N persistent columns."""
-    out = qs.new_empty(len(band.starts), band.batch, band.height, band.width + band.num_pers)
-    queries = band.head(qs, head)  # B x M x d_h
-    pers = None if pers_keys is None else band.to_chunks(queries) @ pers_keys[head]  # n x B x c x N
-    for i, start in enumerate(band.starts):
-        positions = band.skewed(pos_scores[:, :, head], start)  # B x c x W
-        keys = band.keys(kv, head, start).transpose(1, 2)  # B x d_h x W
-        chunk_queries = queries[:, start : start + band.height]  # B x c x d_h
-        if pers is None:
-            torch.baddbmm(positions, chunk_queries, keys, out=out[i])
-        else:
-            torch.cat([torch.baddbmm(positions, chunk_queries, keys), pers[i]], dim=-1, out=out[i])
-    return out
+def _scores(band: _Band, chunk: int, queries: Tensor, keys: Tensor, pos_rev: Tensor, outside: Tensor, out: Tensor) -> None:
+    """Chunk scores into `out` (G x c x R): its window's keys and the persistent slots, plus
+    the position term on the band, -inf off the band."""
+    for cols, rows in band.parts(chunk):
+        torch.bmm(queries, keys[:, rows].transpose(1, 2), out=out[..., cols])
+    # One product for all groups (the band's rows have no common stride), then added in place.
+    pos_scores = torch.mm(queries.view(-1, band.d_head), pos_rev, out=_BUFFERS.take(out, band.groups * band.height, band.kept))
+    band.distances(out).add_(pos_scores.view(band.groups, band.height, band.kept))
+    _BUFFERS.give(pos_scores)
+    out.view(band.groups, -1).index_fill_(1, outside, float("-inf"))
 
 
-def _renormalise(band: _Band, probs: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    """Adaptive span: context probabilities times the mask (c x W), then all of them over
-    their sum + eps."""
-    if mask is None:
+def _renormalise(band: _Band, probs: Tensor, mask_rev: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """Adaptive span: context probabilities times the mask by distance, then all of them over
+    their sum + eps (the probabilities off the band are 0 already)."""
+    if mask_rev is None:
         return probs, None
-    out = probs.clone()  # n x B x c x (W + N)
-    out[..., : band.width].mul_(mask)
-    norm = out.sum(-1, keepdim=True).add_(SPAN_EPS)  # n x B x c x 1
+    out = probs.clone()  # G x c x R
+    band.by_head(band.distances(out)).mul_(mask_rev[:, None, None])  # H x B x c x K
+    norm = out.sum(-1, keepdim=True).add_(SPAN_EPS)  # G x c x 1
     return out.div_(norm), norm
 
 
@@ -235,87 +297,68 @@ def _apply_keep(x: Tensor, keep: Tensor, rate: float) -> Tensor:
     return x.mul(keep).mul_(1.0 / (1.0 - rate))
 
 
-def _head_output(band: _Band, head: int, used: Tensor, kv: Tensor, pers_values: Tensor | None) -> Tensor:
-    """Probabilities times values, context windows plus persistent slots: n x B x c x d_h."""
-    if pers_values is None:
-        out = used.new_zeros(*used.shape[:-1], band.d_head)
-    else:
-        out = used[..., band.width :] @ pers_values[head]  # n x B x c x d_h
-    for i, start in enumerate(band.starts):
-        out[i].baddbmm_(used[i, ..., : band.width], band.values(kv, head, start))
-    return out
+def _output(band: _Band, chunk: int, used: Tensor, values: Tensor, out: Tensor) -> None:
+    """Probabilities as used (G x c x R) times the values of the window and the persistent
+    slots, into `out` (G x c x d_h)."""
+    for k, (cols, rows) in enumerate(band.parts(chunk)):
+        out.baddbmm_(used[..., cols], values[:, rows], beta=0.0 if k == 0 else 1.0)
 
 
-def _scores_grad(band: _Band, head: int, state: _Head, d_used: Tensor, mask: Tensor | None, grads: "_Grads") -> Tensor:
+def _scores_grad(band: _Band, state: _Chunk, d_used: Tensor, mask_rev: Tensor | None, grads: "_Grads") -> Tensor:
     """From the gradient of the probabilities as used to that of the scores (in place)."""
     if state.norm is not None:
         # renormed = masked / norm, masked = probs * m: d_masked = (d_renormed - <d_renormed, renormed>) / norm
-        dot = (d_used * state.renormed).sum(-1, keepdim=True)  # n x B x c x 1
+        dot = (d_used * state.renormed).sum(-1, keepdim=True)  # G x c x 1
         d_used = d_used.sub_(dot).div_(state.norm)
-        grads.add_mask(head, d_used, state.probs)
-        d_used[..., : band.width].mul_(mask[head])
+        grads.add_mask(d_used, state.probs)
+        band.by_head(band.distances(d_used)).mul_(mask_rev[:, None, None])
     return torch.ops.aten._softmax_backward_data.out(d_used, state.probs, -1, d_used.dtype, grad_input=d_used)
 
 
 class _Grads:
     """Gradient accumulators of one backward pass (key/value windows overlap across chunks)."""
 
-    def __init__(self, band: _Band, qs: Tensor, kv: Tensor, mask: Tensor | None, pers_keys: Tensor | None):
+    def __init__(self, band: _Band, qs: Tensor, mask_rev: Tensor | None):
         self.band = band
-        self.kv = torch.zeros_like(kv)  # B x T x 2d'
-        self.q = torch.empty_like(qs)  # B x M x d'
-        self.pos_scores = qs.new_empty(band.batch, band.block, band.heads, band.kept)  # B x M x H x K
-        self.mask = None if mask is None else qs.new_zeros(band.heads, band.kept)  # H x K
-        has_pers = pers_keys is not None
-        self.pers_keys = torch.zeros_like(pers_keys) if has_pers else None  # H x d_h x N
-        self.pers_values = qs.new_zeros(band.heads, band.num_pers, band.d_head) if has_pers else None
+        self.context = _BUFFERS.take(qs, 2, band.groups, band.rows + band.num_pers, band.d_head)  # as split_context
+        self.q = _BUFFERS.take(qs, *qs.shape)  # n x G x c x d_h
+        self.d_used = _BUFFERS.take(qs, band.groups, band.height, band.row)  # one chunk's, G x c x R
+        self.d_pos = _BUFFERS.take(qs, band.groups * band.height, band.kept)  # one chunk's position scores
+        self.pos = qs.new_zeros(band.d_head, band.kept)  # d_h x K
+        self.mask = None if mask_rev is None else torch.zeros_like(mask_rev)  # H x K
 
-    def add_outputs(self, head: int, state: _Head, d_out: Tensor, kv: Tensor, pers_values: Tensor | None, rate: float) -> Tensor:
-        """Value gradients of one head; returns the gradient of its renormalised probabilities."""
-        band = self.band
+    def _accumulate(self, which: int, chunk: int, a: Tensor, b: Tensor) -> None:
+        """context[which] rows of each part += a[..., cols]^T b; the chunk's fresh rows start from 0."""
+        beta = 0.0 if chunk == 0 else 1.0
+        if chunk > 0:
+            self.context[which][:, self.band.fresh_rows(chunk)].zero_()
+        for cols, rows in self.band.parts(chunk):
+            self.context[which][:, rows].baddbmm_(a[..., cols].transpose(1, 2), b, beta=beta)
+
+    def add_values(self, chunk: int, state: _Chunk, d_out: Tensor, values: Tensor, rate: float) -> Tensor:
+        """Value gradients of one chunk; returns the gradient of its probabilities as used."""
         used = state.renormed if state.keep is None else _apply_keep(state.renormed, state.keep, rate)
-        d_used = torch.empty_like(used)  # n x B x c x (W + N)
-        d_pers = None
-        if pers_values is not None:
-            self.pers_values[head].addmm_(_rows(used[..., band.width :]).t(), _rows(d_out))
-            d_pers = d_out @ pers_values[head].t()  # n x B x c x N
-        for i, start in enumerate(band.starts):
-            band.values(self.kv, head, start).baddbmm_(used[i, ..., : band.width].transpose(1, 2), d_out[i])
-            d_ctx = torch.bmm(d_out[i], band.values(kv, head, start).transpose(1, 2))  # B x c x W
-            if d_pers is None:
-                d_used[i].copy_(d_ctx)
-            else:
-                torch.cat([d_ctx, d_pers[i]], dim=-1, out=d_used[i])
-        return d_used if state.keep is None else _apply_keep(d_used, state.keep, rate)
+        self._accumulate(1, chunk, used, d_out)
+        for cols, rows in self.band.parts(chunk):
+            torch.bmm(d_out, values[:, rows].transpose(1, 2), out=self.d_used[..., cols])
+        return self.d_used if state.keep is None else _apply_keep(self.d_used, state.keep, rate)
 
-    def add_mask(self, head: int, d_masked: Tensor, probs: Tensor) -> None:
-        """d mask(dist): sum over chunks, batch and queries of d_masked * probs at that distance."""
-        width = self.band.width
-        per_cell = (d_masked[..., :width] * probs[..., :width]).sum((0, 1))  # c x W
-        self.mask[head] += self.band.unskewed(per_cell).sum(0)  # K
+    def add_mask(self, d_masked: Tensor, probs: Tensor) -> None:
+        """d mask(dist): sum over batch and queries of d_masked * probs at that distance."""
+        band = self.band
+        per_cell = band.distances(d_masked) * band.distances(probs)  # G x c x K
+        self.mask += band.by_head(per_cell).sum((1, 2))
 
-    def add_scores(self, head: int, d_scores: Tensor, qs: Tensor, kv: Tensor, pers_keys: Tensor | None) -> None:
-        band, width = self.band, self.band.width
-        queries = band.head(qs, head)  # B x M x d_h
-        d_q = torch.empty(*d_scores.shape[:-1], band.d_head, dtype=qs.dtype, device=qs.device)  # n x B x c x d_h
-        for i, start in enumerate(band.starts):
-            chunk_queries = queries[:, start : start + band.height]  # B x c x d_h
-            band.keys(self.kv, head, start).baddbmm_(d_scores[i, ..., :width].transpose(1, 2), chunk_queries)
-            torch.bmm(d_scores[i, ..., :width], band.keys(kv, head, start), out=d_q[i])
-            self.pos_scores[:, start : start + band.height, head] = band.unskewed(d_scores[i])  # B x c x K
-        if pers_keys is not None:
-            d_pers = _rows(d_scores[..., width:])  # (n B c) x N
-            _rows(d_q).addmm_(d_pers, pers_keys[head].t())
-            self.pers_keys[head].addmm_(_rows(band.to_chunks(queries)).t(), d_pers)
-        band.chunked(band.head(self.q, head)).copy_(d_q)
-
-    def queries_and_positions(self, qs: Tensor, pos_rev: Tensor) -> tuple[Tensor, Tensor]:
-        """d q (B x M x d') and d pos_rev (d_h x K): the position term is one product for all."""
-        dh = self.band.d_head
-        d_pos_scores = self.pos_scores.view(-1, self.band.kept)  # (B M H) x K
-        self.q.view(-1, dh).addmm_(d_pos_scores, pos_rev.t())
-        d_pos = qs.view(-1, dh).t() @ d_pos_scores  # d_h x K
-        return self.q.mul_(dh**-0.5), d_pos
+    def add_scores(self, chunk: int, d_scores: Tensor, queries: Tensor, keys: Tensor, pos_rev: Tensor) -> None:
+        """Key, query and position gradients of one chunk from its score gradients (G x c x R)."""
+        band, d_q = self.band, self.q[chunk]
+        self._accumulate(0, chunk, d_scores, queries)
+        for k, (cols, rows) in enumerate(band.parts(chunk)):
+            d_q.baddbmm_(d_scores[..., cols], keys[:, rows], beta=0.0 if k == 0 else 1.0)
+        self.d_pos.view(band.groups, band.height, band.kept).copy_(band.distances(d_scores))
+        d_pos_scores = self.d_pos  # (G c) x K: one product each for queries and positions
+        d_q.view(-1, band.d_head).addmm_(d_pos_scores, pos_rev.t())
+        self.pos.addmm_(queries.view(-1, band.d_head).t(), d_pos_scores)
 
 
 def _rows(x: Tensor) -> Tensor:
