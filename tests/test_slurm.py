@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 import subprocess
@@ -174,16 +175,32 @@ def test_requeued_job_resumes_from_its_checkpoint(corpus, tmp_path):
     assert re.search(r" DONE .* (\d+) ", table) and f" {final['attempt']} " in table
 
 
+def _steps_lasting(tmp_path: Path, corpus: Path, seconds: float) -> int:
+    """How many steps of `_long_run` train for about `seconds` on this machine, measured by a short
+    run on the local executor (one CPU, as the SLURM job gets): the code's speed changes, the limit does not."""
+    probe = _long_run(tmp_path / "probe", corpus, "probe", steps=1000)
+    proc = submit(probe, tmp_path / "probe" / "root", "--executor", "local", "--wait", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = load_grid(probe).run_dirs(tmp_path / "probe" / "root")
+    ms = sorted(r["ms_per_step"] for r in read_metrics(run_dir / "metrics.jsonl") if "ms_per_step" in r)
+    return 50 * math.ceil(seconds * 1000 / ms[len(ms) // 2] / 50)
+
+
 def test_job_reaching_its_time_limit_is_requeued_and_finishes(corpus, tmp_path):
     require_slurm()
     # slurmctld checks limits every 30 s and sends the signal early rather than late: with a
-    # 2-minute limit and the signal 45 s before it, USR2 arrives 45-75 s into each attempt.
-    grid = _long_run(tmp_path, corpus, "timeout", steps=12000, timeout_min=2)  # ~100 s of training
+    # 2-minute limit and the signal 45 s before it, USR2 arrives 45-75 s into each attempt,
+    # so a run of ~85 s of training (plus its start) cannot end within its first attempt.
+    grid = _long_run(tmp_path, corpus, "timeout", steps=_steps_lasting(tmp_path, corpus, 85), timeout_min=2)
     root = tmp_path / "root"
     assert submit(grid, root, "--cluster", "local").returncode == 0
+    # The uninterrupted reference trains meanwhile on the other core (the job asks for one).
+    reference = subprocess.Popen([sys.executable, "-m", "slurm.submit", str(grid), "--root", str(tmp_path / "reference"),
+                                  "--executor", "local", "--wait"], cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL)
     (final,) = wait_done(grid, root, timeout=420)
     assert final["state"] == "DONE" and final["attempt"] >= 2, final
-    assert results(grid, root) == _reference(tmp_path, grid)
+    assert reference.wait(timeout=400) == 0
+    assert results(grid, root) == results(grid, tmp_path / "reference")
 
 
 def test_cancel_stops_the_grid_and_a_resubmission_resumes_it(corpus, tmp_path):
