@@ -11,8 +11,11 @@ the scheduler: `squeue` for live jobs, and `sacct` (when accounting runs) for jo
 that died without updating their status (OOM kill, node failure, scancel). It
 works without accounting; such a job is then shown as LOST once squeue forgets it.
 A run the job stopped for lack of progress shows STALLED (resubmit to continue), a
-run cancelled by `--cancel` CANCELLED. The last column gives the steps each attempt
-added (from `<run_dir>/attempts.jsonl`; `…` while the attempt runs).
+run cancelled by `--cancel` CANCELLED. Beside it: the step reached of the steps the run
+trains, the last train record's bpc (ppl for word-level data) and tokens/s, the attempts.
+The last column gives the steps each attempt added (from `<run_dir>/attempts.jsonl`; `…`
+while the attempt runs). `slurm.submit --wait` shows the same table while it waits
+(slurm/progress.py).
 
 `--cancel` acts only on jobs verified to be the run's (slurm/manifest.py: a
 reused pid or job id is not), and never on a run that is DONE.
@@ -26,6 +29,8 @@ import signal
 import subprocess
 from pathlib import Path
 from typing import Sequence
+
+import yaml
 
 from experiments.grid import DEFAULT_ROOT
 from experiments.manifest import Selection, add_selection_arguments, select
@@ -66,14 +71,79 @@ def run_state(status: dict, job_id: str | None, live: bool, queued: str | None, 
     return final if final in TERMINAL_SACCT else "LOST"
 
 
-def last_train_metric(run_dir: RunDir) -> str:
-    records = [r for r in read_metrics(run_dir.metrics) if r.get("split") == "train"] if run_dir.metrics.exists() else []
-    if not records:
+_LAST_TRAIN: dict[Path, tuple[tuple[int, int], dict | None]] = {}
+_TOTAL_STEPS: dict[Path, tuple[tuple[int, int], int | None]] = {}
+"""Per file: (size, mtime) when read, and what was read: the tables re-read only files that changed."""
+
+
+def last_train_record(run_dir: RunDir) -> dict | None:
+    """The newest train record of metrics.jsonl, None before the first. Read again only when the
+    file changed: the progress table asks every second or two, and a long run's file is large."""
+    path = run_dir.metrics
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    version = (stat.st_size, stat.st_mtime_ns)
+    cached = _LAST_TRAIN.get(path)
+    if cached is None or cached[0] != version:
+        records = [r for r in read_metrics(path) if r.get("split") == "train"]
+        cached = _LAST_TRAIN[path] = (version, records[-1] if records else None)
+    return cached[1]
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def format_metric(record: dict | None) -> str:
+    """'bpc 1.234' (character level) or 'ppl 35.120' (word level), as the record says; '-' without one."""
+    if not record:
         return "-"
-    last = records[-1]
-    unit = "bpc" if "bpc" in last else "ppl"
-    value = last.get(unit)
-    return f"{unit} {value:.3f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+    unit = "bpc" if "bpc" in record else "ppl"
+    value = record.get(unit)
+    return f"{unit} {value:.3f}" if _number(value) else "-"
+
+
+def format_rate(record: dict | None) -> str:
+    """Tokens per second over the last logged interval; '-' without one."""
+    value = (record or {}).get("tokens_per_s")
+    return f"{value:.0f}" if _number(value) else "-"
+
+
+def last_train_metric(run_dir: RunDir) -> str:
+    return format_metric(last_train_record(run_dir))
+
+
+def total_steps(run_dir: RunDir) -> int | None:
+    """The steps the run trains in all (train.steps + train.finetune_steps of its config.yaml); None
+    without a readable config. Cached per file version, like `last_train_record`."""
+    try:
+        stat = run_dir.config.stat()
+        version = (stat.st_size, stat.st_mtime_ns)
+        cached = _TOTAL_STEPS.get(run_dir.config)
+        if cached is None or cached[0] != version:
+            train = (yaml.safe_load(run_dir.config.read_text()) or {}).get("train") or {}
+            steps = int(train.get("steps") or 0) + int(train.get("finetune_steps") or 0)
+            cached = _TOTAL_STEPS[run_dir.config] = (version, steps or None)
+        return cached[1]
+    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):
+        return None
+
+
+def run_row(run_id: str, run_dir: RunDir, state: str, status: dict, **fields: object) -> dict:
+    """The columns of one run in every table (slurm.status and the wait of slurm.submit alike):
+    one function, so that the two never disagree. `fields` adds or overrides (job, submission)."""
+    exists = run_dir.path.is_dir()
+    train = last_train_record(run_dir) if exists else None
+    row = {"run": run_id, "state": state, "status_state": status.get("state"),
+           "stage": status.get("stage") or "-", "step": status.get("step", 0),
+           "steps": total_steps(run_dir) if exists else None, "metric": format_metric(train),
+           "tokens_per_s": format_rate(train), "attempts": status.get("attempt", 0), "job": "-",
+           "progress": attempt_progress(run_dir, status) if exists else "-", "submission": "-",
+           "run_dir": run_dir, "error": status.get("error")}
+    row.update(fields)
+    return row
 
 
 def attempt_progress(run_dir: RunDir, status: dict, shown: int = 6) -> str:
@@ -112,28 +182,30 @@ def selected_rows(selection: Selection) -> list[dict]:
         state = run_state(status, job_id, run.run_id in live, queued.get(job_id), accounted.get(job_id), cancelled)
         if job_id is None and state == "PENDING":  # no job was ever asked for: it would wait forever
             state = NOT_SUBMITTED
-        rows.append({"run": run.run_id, "state": state, "status_state": status.get("state"),
-                     "stage": status.get("stage") or "-", "step": status.get("step", 0),
-                     "metric": last_train_metric(run_dir) if run_dir.path.is_dir() else "-",
-                     "attempts": status.get("attempt", 0), "job": job_id or "-",
-                     "progress": attempt_progress(run_dir, status) if run_dir.path.is_dir() else "-",
-                     "submission": ",".join(f"#{n}" for n in run.submissions) or "-",
-                     "run_dir": run_dir, "error": status.get("error")})
+        rows.append(run_row(run.run_id, run_dir, state, status, job=job_id or "-",
+                            submission=",".join(f"#{n}" for n in run.submissions) or "-"))
     return rows
 
 
-def print_rows(rows: list[dict], header: Sequence[str] = ()) -> None:
-    for line in header:
-        print(line)
-    print(f"{'run':<58} {'state':<13} {'stage':<9} {'step':>8} {'last train':>12} {'attempts':>8}  {'sub.':<5} "
-          f"{'job':<10} steps per attempt")
+def table_lines(rows: list[dict]) -> list[str]:
+    """The table of `rows`: a header, one line per run, a count per state. `slurm.status` prints it
+    and the wait of `slurm.submit` redraws it: one layout for both."""
+    lines = [f"{'run':<58} {'state':<13} {'stage':<9} {'step/steps':>13} {'last train':>12} {'tokens/s':>8} "
+             f"{'attempts':>8}  {'sub.':<5} {'job':<10} steps per attempt"]
     for r in rows:
-        print(f"{r['run']:<58} {r['state']:<13} {r['stage']:<9} {r['step']:>8} {r['metric']:>12} {r['attempts']:>8}  "
-              f"{r['submission']:<5} {r['job']:<10} {r['progress']}")
+        step = f"{r['step']}/{r['steps'] if r['steps'] is not None else '?'}"
+        lines.append(f"{r['run']:<58} {r['state']:<13} {r['stage']:<9} {step:>13} {r['metric']:>12} "
+                     f"{r['tokens_per_s']:>8} {r['attempts']:>8}  {r['submission']:<5} {r['job']:<10} {r['progress']}")
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
-    print(f"{len(rows)} runs: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
+    lines.append(f"{len(rows)} runs: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
+    return lines
+
+
+def print_rows(rows: list[dict], header: Sequence[str] = ()) -> None:
+    for line in [*header, *table_lines(rows)]:
+        print(line)
 
 
 def print_tails(rows: list[dict], lines: int = 20) -> None:
@@ -151,7 +223,7 @@ def print_tails(rows: list[dict], lines: int = 20) -> None:
 
 def cancel(rows: list[dict], grid_dir: Path) -> int:
     """Cancel the live jobs of the runs in `rows` (and of no other run); a DONE run is never touched."""
-    live = manifest.live_runs(grid_dir)
+    live = manifest.own_live_runs(grid_dir)  # only the jobs this grid submitted (a shared run's may be another's)
     entries = manifest.load(grid_dir)
     cancelled = done = 0
     for r in rows:
@@ -175,6 +247,9 @@ def cancel(rows: list[dict], grid_dir: Path) -> int:
         cancelled += 1
     skipped = f", {done} DONE left alone" if done else ""
     print(f"cancelled {cancelled} of {len(rows)} runs shown ({len(rows) - cancelled - done} not live{skipped})")
+    shared = manifest.left_to_other_grids(grid_dir, [r["run"] for r in rows])
+    if shared:
+        print(shared)
     return 0
 
 
