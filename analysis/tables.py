@@ -32,8 +32,9 @@ CAPTIONS = {
     "table2": "Table 2: WikiText-103, perplexity (ppl).",
 }
 FOOTNOTE = ("Ours: mean ± std over seeds (n) of the all_attention runs with the paper model's dataset, depth "
-            "and N; Δ = ours - published; — : no such run or no published number. Sources: paper = arXiv "
-            "1907.01470; authors_readme = the authors' code README; cited = the model's own paper.")
+            "and N; Δ = ours - published; — : no such run or no published number; * : evaluated on part of the "
+            "split (eval.max_tokens), not comparable with the published whole-split numbers. Sources: paper = "
+            "arXiv 1907.01470; authors_readme = the authors' code README; cited = the model's own paper.")
 SPLITS = ("dev", "test")
 
 
@@ -68,7 +69,8 @@ def _table_row(group: pd.DataFrame, matched: pd.DataFrame) -> dict[str, Any]:
     first = group.iloc[0]
     unit = first["metric"]
     row = {"dataset": first["dataset"], "model": first["model"], "source": first["source"], "unit": unit,
-           "params_paper_m": first["params_m"], "params_ours": matched["params_total"].mean()}
+           "params_paper_m": first["params_m"], "params_ours": matched["params_total"].mean(),
+           "eval_capped": "eval_full" in matched and not matched["eval_full"].fillna(True).astype(bool).all()}
     for split in SPLITS:
         values = group.loc[group["split"] == split, "value"]
         paper = float(values.iloc[0]) if not values.empty else math.nan
@@ -89,6 +91,7 @@ def format_table(numbers: pd.DataFrame) -> pd.DataFrame:
             name = split.capitalize()
             paper = fmt_published(row[f"{split}_paper"], unit)
             ours = fmt_mean_std(row[f"{split}_ours"], row[f"{split}_std"], unit, row[f"{split}_n"])
+            ours += " *" if row["eval_capped"] and row[f"{split}_n"] else ""
             out.update({f"{name} {unit} (paper)": paper, f"{name} {unit} (ours)": ours,
                         f"Δ {split}": fmt_delta(row[f"{split}_delta"], unit)})
         return out
