@@ -36,7 +36,8 @@ class Grid:
     runs: list[RunConfig]
 
     def run_dir(self, cfg: RunConfig, root: Path | None = None) -> Path:
-        """`<root>/<grid>/<run_id>`, or the folder an earlier hash rule named (run_config.find_run_dir)."""
+        """`<root>/<grid>/<run_id>`, or the folder an earlier hash rule named (run_config.find_run_dir);
+        a link to another grid's directory once a submission found the run there (experiments/store.py)."""
         return find_run_dir(Path(root or DEFAULT_ROOT) / self.name, cfg)
 
     def run_dirs(self, root: Path | None = None) -> list[Path]:

@@ -21,6 +21,10 @@ still read: their runs form one submission whose settings are unknown.
 with neither, every recorded run, plus the runs the grid would produce with the
 submissions' overrides that were never submitted ("not submitted"); with them, the
 runs of that expansion, recorded or not.
+
+A run directory that grids share (experiments/store.py: the grid's entry is a link to the
+directory another grid holds) shows its latest job whichever grid of the root submitted it
+(`latest_jobs`), so that every grid sees the job that trains it, and counts as submitted.
 """
 from __future__ import annotations
 
@@ -192,10 +196,13 @@ def record_jobs(grid_dir: str | os.PathLike, submission: Submission,
 
 
 def _relative(path: Path, grid_dir: Path) -> str:
+    """`path` relative to the grid's folder; the run's own name is kept when it is a link to a
+    directory another grid holds (experiments/store.py), so that it follows the link when read."""
+    path = path.parent.resolve() / path.name
     try:
-        return str(path.resolve().relative_to(grid_dir.resolve()))
+        return str(path.relative_to(grid_dir.resolve()))
     except ValueError:
-        return str(path.resolve())
+        return str(path)
 
 
 # --- selecting the runs to show -------------------------------------------------------------
@@ -267,13 +274,15 @@ def select(grid_file: str | os.PathLike, root: str | os.PathLike, overrides: Seq
         raise UserError(f"{grid_file}: no such grid file")
     name = grid_file.stem
     current = load(Path(root) / name)
+    latest = latest_jobs(Path(root), name)
     chosen: dict[str, SelectedRun] = {}
     notes: list[str] = []
 
     def add(run_id: str) -> None:
         if run_id not in chosen:
-            chosen[run_id] = SelectedRun(run_id, current.run_dir(run_id), current.runs.get(run_id),
-                                         current.submissions_of(run_id))
+            run_dir = current.run_dir(run_id)
+            entry = latest.get(os.path.realpath(run_dir), current.runs.get(run_id))
+            chosen[run_id] = SelectedRun(run_id, run_dir, entry, current.submissions_of(run_id))
 
     def add_config(cfg) -> None:
         """A run of the expansion under the id it was recorded or made with (a folder named by
@@ -298,6 +307,24 @@ def select(grid_file: str | os.PathLike, root: str | os.PathLike, overrides: Seq
             for run_id in submission.runs:
                 add(run_id)
     return Selection(name, current, list(chosen.values()), overrides, only, notes)
+
+
+def latest_jobs(root: Path, own: str) -> dict[str, dict[str, Any]]:
+    """Real run directory -> its latest job as recorded by any grid of the root (on a tie, by the
+    grid `own`): a directory grids share shows the job that trains it, whichever grid submitted it."""
+    grid_dirs = sorted((p for p in root.iterdir() if (p / FILENAME).is_file()),
+                       key=lambda p: (p.name == own, p.name)) if root.is_dir() else []
+    latest: dict[str, dict[str, Any]] = {}
+    for grid_dir in grid_dirs:
+        try:
+            recorded = load(grid_dir)
+        except UserError:  # another grid's damaged manifest: its jobs are not shown here (its own status says why)
+            continue
+        for run_id, entry in recorded.runs.items():
+            key = os.path.realpath(recorded.run_dir(run_id))
+            if key not in latest or str(entry.get("submitted", "")) >= str(latest[key].get("submitted", "")):
+                latest[key] = entry
+    return latest
 
 
 def _distinct_overrides(submissions: list[Submission]) -> list[list[str]]:

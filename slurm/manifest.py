@@ -16,22 +16,32 @@ zombie, and has the start time (/proc/<pid>/stat field 22), boot id and host
 recorded at submission; entries recorded before identities were (no `process`)
 are live only when that pid runs submitit's local controller for this grid. A
 local job started on another host cannot be checked from here and counts as not live.
+
+**Run directories shared by grids** (experiments/store.py: a grid's entry links to the
+directory another grid of the root holds) are live when a job of *any* grid of the root
+trains them (`live_dirs`, `live_runs`): a grid does not resubmit, nor show as lost, a run
+that another grid's job is training. `slurm.status --cancel` cancels only the jobs its own
+grid submitted (`own_live_runs`), and says which it left to the other grids.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from experiments.atomic import atomic_write_json
 from experiments.manifest import (FILENAME, TIME_FORMAT, Manifest, Submission, _locked, load as load_manifest,
                                   new_submission, record_jobs)
+from model.errors import UserError
 
-__all__ = ["LIVE_SLURM_STATES", "Manifest", "Submission", "annotate", "load", "load_manifest", "live_runs",
-           "new_submission", "process_identity", "record_jobs", "slurm_jobs", "slurm_states"]
+__all__ = ["LIVE_SLURM_STATES", "LiveJob", "Manifest", "Submission", "annotate", "left_to_other_grids", "live_dirs",
+           "live_runs", "load", "load_manifest", "new_submission", "own_live_runs", "process_identity", "record_jobs",
+           "slurm_jobs", "slurm_states"]
 
 LIVE_SLURM_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD",
                      "REQUEUE_FED", "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT"}
@@ -100,8 +110,9 @@ def local_job_alive(entry: Mapping[str, Any], grid_dir: Path) -> bool:
     return "submitit.local._local" in cmdline and _grid_owns(cmdline, grid_dir)
 
 
-def live_runs(grid_dir: Path) -> dict[str, str]:
-    """Run id -> job id of the runs whose job is still queued or running (the job verified to be theirs)."""
+def own_live_runs(grid_dir: Path) -> dict[str, str]:
+    """Run id -> job id of the runs whose job *this grid submitted* is still queued or running (the
+    job verified to be theirs)."""
     entries = load(grid_dir)
     slurm = {k: v for k, v in entries.items() if v["executor"] == "slurm"}
     jobs = slurm_jobs([v["job_id"] for v in slurm.values()])
@@ -113,6 +124,64 @@ def live_runs(grid_dir: Path) -> dict[str, str]:
     live.update({k: v["job_id"] for k, v in entries.items()
                  if v["executor"] == "local" and local_job_alive(v, grid_dir)})
     return live
+
+
+@dataclass(frozen=True)
+class LiveJob:
+    """A queued or running job, and the grid (and its run id) that submitted it."""
+
+    grid: str
+    run_id: str
+    job_id: str
+
+
+def live_dirs(root: Path) -> dict[str, LiveJob]:
+    """Real run directory (symbolic links resolved) -> the live job training it, whichever grid of the root submitted it."""
+    live: dict[str, LiveJob] = {}
+    for grid_dir in _grid_dirs(root):
+        try:
+            recorded = load_manifest(grid_dir)
+            jobs = own_live_runs(grid_dir)
+        except UserError:  # a damaged manifest of a grid: its own status says so
+            continue
+        for run_id, job_id in jobs.items():
+            live[os.path.realpath(recorded.run_dir(run_id))] = LiveJob(grid_dir.name, run_id, job_id)
+    return live
+
+
+def live_runs(grid_dir: Path) -> dict[str, str]:
+    """Run id -> job id of this grid's runs that a live job trains: a job this grid submitted, or
+    another grid's on a run directory the two share (the module docstring)."""
+    return {run_id: job.job_id for run_id, job in _live_by_run(Path(grid_dir)).items()}
+
+
+def left_to_other_grids(grid_dir: Path, run_ids: list[str]) -> str | None:
+    """What `slurm.status --cancel` says of the runs among `run_ids` whose live job another grid
+    submitted (on a directory they share): it cancels only its own grid's jobs. None when there are none."""
+    theirs = {run_id: job for run_id, job in _live_by_run(Path(grid_dir)).items()
+              if run_id in run_ids and job.grid != Path(grid_dir).name}
+    if not theirs:
+        return None
+    jobs = ", ".join(f"{run_id} (job {job.job_id} of grid {job.grid})" for run_id, job in sorted(theirs.items()))
+    return (f"left {len(theirs)} shared run(s) running: their job was submitted by another grid, which alone "
+            f"cancels it: {jobs}")
+
+
+def _live_by_run(grid_dir: Path) -> dict[str, LiveJob]:
+    """This grid's run ids (recorded in its manifest, or links in its folder) -> the live job on their directory."""
+    live = live_dirs(grid_dir.parent)
+    recorded = load_manifest(grid_dir)
+    paths = {run_id: recorded.run_dir(run_id) for run_id in recorded.runs}
+    for entry in (grid_dir.iterdir() if grid_dir.is_dir() else ()):
+        if entry.is_symlink():
+            paths.setdefault(entry.name, entry)
+    found = {run_id: live.get(os.path.realpath(path)) for run_id, path in paths.items()}
+    return {run_id: job for run_id, job in found.items() if job is not None}
+
+
+def _grid_dirs(root: Path) -> list[Path]:
+    """The grid folders of a results root that hold a manifest."""
+    return sorted(p for p in Path(root).iterdir() if (p / FILENAME).is_file()) if Path(root).is_dir() else []
 
 
 def annotate(grid_dir: Path, fields_by_run: Mapping[str, Mapping[str, Any]]) -> None:
