@@ -160,7 +160,10 @@ def report(jobs: Sequence[submitit.Job]) -> int:
 
 
 def _cause(message: str) -> str:
-    """The exception line of submitit's failure message (the traceback sits between dashed rules)."""
+    """The exception line of submitit's failure message: the last line with text before the second
+    dashed rule (the traceback sits between the rules; submitit may leave a blank line before it)."""
     lines = message.strip().splitlines()
     rules = [i for i, line in enumerate(lines) if line.startswith("-----")]
-    return lines[rules[1] - 1].strip() if len(rules) >= 2 else lines[0]
+    if len(rules) < 2:
+        return lines[0]
+    return next((line.strip() for line in reversed(lines[rules[0] + 1:rules[1]]) if line.strip()), lines[0])

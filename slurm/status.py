@@ -190,11 +190,12 @@ def selected_rows(selection: Selection) -> list[dict]:
 def table_lines(rows: list[dict]) -> list[str]:
     """The table of `rows`: a header, one line per run, a count per state. `slurm.status` prints it
     and the wait of `slurm.submit` redraws it: one layout for both."""
-    lines = [f"{'run':<58} {'state':<13} {'stage':<9} {'step/steps':>13} {'last train':>12} {'tokens/s':>8} "
+    w = max([len("run")] + [len(r["run"]) for r in rows])  # run ids are as long as their grid makes them
+    lines = [f"{'run':<{w}} {'state':<13} {'stage':<9} {'step/steps':>13} {'last train':>12} {'tokens/s':>8} "
              f"{'attempts':>8}  {'sub.':<5} {'job':<10} steps per attempt"]
     for r in rows:
         step = f"{r['step']}/{r['steps'] if r['steps'] is not None else '?'}"
-        lines.append(f"{r['run']:<58} {r['state']:<13} {r['stage']:<9} {step:>13} {r['metric']:>12} "
+        lines.append(f"{r['run']:<{w}} {r['state']:<13} {r['stage']:<9} {step:>13} {r['metric']:>12} "
                      f"{r['tokens_per_s']:>8} {r['attempts']:>8}  {r['submission']:<5} {r['job']:<10} {r['progress']}")
     counts: dict[str, int] = {}
     for r in rows:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
 from pathlib import Path
 
 import yaml
@@ -11,7 +12,7 @@ from experiments.run_dir import RunDir
 from slurm import progress
 from slurm import status as slurm_status
 from tests.helpers import prepare_lexicon
-from tests.test_slurm import write_grid
+from tests.test_slurm import submit, write_grid
 
 
 def _fake_run(path: Path, state: str = "RUNNING", step: int = 40, attempt: int = 2, steps: int = 100,
@@ -116,7 +117,7 @@ def test_wait_refreshes_the_table_then_reports_failed_jobs(tmp_path, capsys):
     good, bad = _fake_run(tmp_path / "good"), _fake_run(tmp_path / "bad", state="PENDING")
     out, clock, sleeps = io.StringIO(), _Clock(), []
     jobs = [_Job("11", good, clock, ends_at=3), _Job("12", bad, clock, ends_at=1,
-                                                   error="boom\n-----\nValueError: bad data\n-----")]
+                                                   error="boom\n-----\nTraceback\nValueError: bad data\n\n-----\nlogs")]
 
     def sleep(seconds: float) -> None:  # the good run trains 10 steps a second, and ends at 3 s
         sleeps.append(seconds)
@@ -148,3 +149,28 @@ def test_status_shows_the_same_columns(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "step/steps" in table and "tokens/s" in table
     assert re.search(r" (RUNNING|LOST) .* 8/12 +bpc 1\.234 +5120 +2  #1 ", _line(table.splitlines(), cfg.run_id))
+
+
+def test_submit_wait_prints_the_table_and_reports_a_failed_run(tmp_path):
+    """A good run and one whose data were damaged after preparation (its checksum fails in the job)."""
+    corpus = prepare_lexicon(tmp_path / "lexicon")
+    damaged = tmp_path / "damaged"
+    shutil.copytree(corpus, damaged)
+    train = damaged / "train.bin"
+    train.write_bytes(bytes(reversed(train.read_bytes())))
+    grid = write_grid(tmp_path, corpus, "mixed", {"runs": [{"name": "good"}, {"name": "bad", "data.path": str(damaged)}]})
+    proc = submit(grid, tmp_path / "root", "--executor", "local", "--wait", timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert "[progress after " in proc.stdout and "step/steps" in proc.stdout
+    final = proc.stdout.split("[progress after ")[-1].splitlines()
+    assert re.search(r" DONE .* 12/12 +bpc \d+\.\d{3} +\d+ +1 ", _line(final, _run_id(grid, "good")))
+    assert re.search(r" FAILED .* 0/12 ", _line(final, _run_id(grid, "bad")))
+    assert "2 runs: 1 DONE, 1 FAILED" in final or "2 runs: 1 FAILED, 1 DONE" in final
+    assert re.search(r"job \d+ failed: model.errors.UserError: .*train.bin: sha256 .* \(log: ", proc.stderr)
+    assert "1 of 2 runs finished" in proc.stdout
+
+
+def _run_id(grid: Path, name: str) -> str:
+    from experiments.grid import load_grid
+
+    return next(cfg.run_id for cfg in load_grid(grid).runs if cfg.name == name)
