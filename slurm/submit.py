@@ -26,6 +26,16 @@ started unsubmitted (`slurm.status` shows them so; submitting again starts them)
 
 `--force` reruns DONE runs: the old directory moves to `<root>/<grid>/.replaced/<run_id>-<time>/`,
 out of the grid's runs (analysis reads the manifest's runs, and counts copies once).
+
+**A configuration in several grids of one root trains once** (experiments/store.py). A run
+whose config another grid of the root already has a directory for is that directory: the
+grid's entry becomes a link to it at submission, and the plan classifies it by its real
+state, the table naming the other grid(s): DONE is not resubmitted, ACTIVE (a live job of
+any grid trains it) neither; never started, failed or stalled, this grid submits it, to
+train in the shared directory (its owner lock keeps a second trainer out). Of two grids
+submitted at once, the second links to the directory the first made. `--force` on a shared
+run says so: it reruns it for every grid that shares it (the old directory moves to its
+holder's `.replaced/`).
 """
 from __future__ import annotations
 
@@ -34,7 +44,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -46,6 +56,7 @@ from experiments.grid import DEFAULT_ROOT, Grid, load_grid
 from experiments.manifest import add_selection_arguments
 from experiments.run_config import RunConfig
 from experiments.run_dir import RunDir
+from experiments.store import Placement, claim, locate
 from experiments.train import prepare_run_dir
 from model.errors import UserError
 from model.summary import activation_bytes, count_parameters, summarize
@@ -73,6 +84,17 @@ class PlannedRun:
     memory_limit_bytes: int | None = None
     """What one process may use: the profile's GPU memory, or the job's memory per task; None: unknown."""
     notes: list[str] = field(default_factory=list)
+    """What the table says after the run's line: the grids it is shared with, the job of another grid training it."""
+    placement: Placement | None = None
+    """Where the run lives in the results root (experiments/store.py); None: its run_dir, this grid's own."""
+
+    @property
+    def dir_config(self) -> RunConfig:
+        """The config its directory keeps: in a directory another grid holds, that grid's name for the run
+        (the folder is named by it) with this submission's values."""
+        if self.placement is None or not self.placement.elsewhere:
+            return self.cfg
+        return replace(self.cfg, name=self.placement.folder_name, grid=self.placement.holder)
 
     @property
     def time_cut(self) -> bool:
@@ -129,22 +151,37 @@ def plan(grid: Grid, root: Path, profile: ClusterProfile, force: bool) -> list[P
             raise UserError(f"run {cfg.run_id}: {err}") from None
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
-    live = manifest.live_runs(root / grid.name)
+    live = manifest.live_dirs(root)
     planned = []
     for cfg in grid.runs:
-        run_dir = RunDir(grid.run_dir(cfg, root))
-        if run_dir.path.name in live:
+        placement = locate(root, grid.name, cfg)
+        job = live.get(str(placement.directory))
+        if job is not None:
             state = "ACTIVE"
-        elif run_dir.is_done() and not force:
+        elif RunDir(placement.directory).is_done() and not force:
             state = "DONE"
         else:
             state = "SUBMIT"
         hours = estimate_gpu_hours(cfg, profile)
         attempt_min = min(cfg.slurm.timeout_min, profile.max_time_min)
-        planned.append(PlannedRun(cfg, run_dir, state, hours, attempt_min,
+        planned.append(PlannedRun(cfg, RunDir(placement.entry), state, hours, attempt_min,
                                   expected_attempts(cfg, profile, hours, attempt_min),
-                                  estimate_memory_bytes(cfg), memory_limit_bytes(cfg, profile)))
+                                  estimate_memory_bytes(cfg), memory_limit_bytes(cfg, profile),
+                                  sharing_notes(placement, job, grid.name, force and state == "SUBMIT"), placement))
     return planned
+
+
+def sharing_notes(placement: Placement, job: manifest.LiveJob | None, grid_name: str, forced: bool) -> list[str]:
+    """The table's words on a run other grids share, and on a live job another grid submitted."""
+    notes = []
+    if placement.sharers:
+        notes.append(f"shared with grid {', '.join(placement.sharers)}")
+    if job is not None and job.grid != grid_name:
+        notes.append(f"job {job.job_id} of grid {job.grid}")
+    if forced and placement.sharers:
+        notes.append(f"--force reruns it for grid {', '.join(placement.sharers)} too (the old directory moves to "
+                     f"{placement.holder}/{REPLACED}/)")
+    return notes
 
 
 def check_time_limit(cfg: RunConfig, profile: ClusterProfile) -> None:
@@ -177,8 +214,9 @@ def print_table(planned: list[PlannedRun], profile: ClusterProfile | None = None
         limit = f"{p.attempt_min}{'*' if p.time_cut else ''}"
         fits = p.memory_fits
         memory = f"{_gb(p.memory_bytes)}/{_gb(p.memory_limit_bytes)}{'!' if fits is False else ''}"
+        notes = f"  {'; '.join(p.notes)}" if p.notes else ""
         print(f"{p.run_dir.path.name:<58} {p.state:<7} {f'{s.nodes} x {s.gpus_per_node}':>12} {limit:>10} "
-              f"{f'~{p.expected_attempts}':>8} {memory:>12} {p.gpu_hours:>11.2f}")
+              f"{f'~{p.expected_attempts}':>8} {memory:>12} {p.gpu_hours:>11.2f}{notes}")
     counts = {k: sum(p.state == k for p in planned) for k in ("DONE", "ACTIVE", "SUBMIT")}
     total = sum(p.gpu_hours for p in planned if p.state == "SUBMIT")
     print(f"{len(planned)} runs: {counts['DONE']} done, {counts['ACTIVE']} active, "
@@ -272,8 +310,8 @@ def submit_group(grid_dir: Path, runs: list[PlannedRun], executor: submitit.Exec
                  profile: ClusterProfile | None = None) -> list[submitit.Job]:
     profile = profile or ClusterProfile(partition="")
     for p in runs:
-        p.run_dir.path.mkdir(parents=True, exist_ok=True)
-        prepare_run_dir(p.cfg, p.run_dir)
+        Path(os.path.realpath(p.run_dir.path)).mkdir(parents=True, exist_ok=True)  # through a shared run's link
+        prepare_run_dir(p.dir_config, p.run_dir)
         p.run_dir.write_status("PENDING", stage="submitted", error=None)
     with submitit.helpers.clean_env():
         with executor.batch():
@@ -296,32 +334,35 @@ def _identity(pid: str) -> dict | None:
 
 
 def _link_logs(run_dir: RunDir, folder: Path) -> None:
-    """run_dir/slurm -> the job's submitit folder (pickles, stdout, stderr)."""
+    """run_dir/slurm -> the job's submitit folder (pickles, stdout, stderr), relative to where the run
+    directory really is (another grid's folder, for a shared run)."""
     link = run_dir.slurm
     if link.is_symlink() or link.exists():
         link.unlink()
-    link.symlink_to(os.path.relpath(folder, run_dir.path))
+    link.symlink_to(os.path.relpath(os.path.realpath(folder), os.path.realpath(run_dir.path)))
 
 
 def _archive_for_rerun(run_dir: RunDir) -> Path | None:
     """--force keeps the previous results out of the grid's runs: the old directory moves to
-    <grid>/.replaced/<run_id>-<time>/ (never deleted)."""
-    if not run_dir.path.exists():
+    <grid>/.replaced/<run_id>-<time>/ (never deleted), <grid> the folder that holds it (another
+    grid's, for a shared run: the link stays, and leads to the new run)."""
+    path = Path(os.path.realpath(run_dir.path))
+    if not path.exists():
         return None
-    folder = run_dir.path.parent / REPLACED
+    folder = path.parent / REPLACED
     folder.mkdir(exist_ok=True)
     stamp = time.strftime('%Y%m%d-%H%M%S')
-    target = folder / f"{run_dir.path.name}-{stamp}"
+    target = folder / f"{path.name}-{stamp}"
     n = 1
     while target.exists():
         n += 1
-        target = folder / f"{run_dir.path.name}-{stamp}-{n}"
-    run_dir.path.rename(target)
+        target = folder / f"{path.name}-{stamp}-{n}"
+    path.rename(target)
     link = target / "slurm"  # relative link to <grid>/.submitit/<job>: one level deeper now
     if link.is_symlink():
         old = os.readlink(link)
         link.unlink()
-        link.symlink_to(os.path.relpath(os.path.normpath(run_dir.path / old), target))
+        link.symlink_to(os.path.relpath(os.path.normpath(path / old), target))
     return target
 
 
@@ -381,10 +422,12 @@ def submit_planned(grid_dir: Path, planned: list[PlannedRun], profile: ClusterPr
     """Submit the runs planned SUBMIT, one array per resource shape (local: `max_parallel` at a time),
     recorded in the manifest as one submission (settings unknown when `submission` is None); returns their jobs."""
     submission = submission or manifest.new_submission()
+    rerun = [p for p in planned if force and p.state == "SUBMIT" and _where(p).is_dir()]
+    for p in planned:
+        _claim(grid_dir, p)
+    for p in rerun:  # those that had a directory before the claims made new ones
+        _archive_for_rerun(p.run_dir)
     to_submit = [p for p in planned if p.state == "SUBMIT"]
-    if force:
-        for p in to_submit:
-            _archive_for_rerun(p.run_dir)
     if local:
         jobs = _submit_local(grid_dir, to_submit, profile, max_parallel, submission)
     else:
@@ -395,6 +438,23 @@ def submit_planned(grid_dir: Path, planned: list[PlannedRun], profile: ClusterPr
     ids = sorted({j.job_id.split("_")[0] for j in jobs})
     print(f"submitted {len(jobs)} runs" + (f": jobs {', '.join(ids)}" if jobs else ""))
     return jobs
+
+
+def _where(p: PlannedRun) -> Path:
+    """The run's real directory as planned (another grid's, for a shared run not linked yet)."""
+    return p.placement.directory if p.placement is not None else p.run_dir.path
+
+
+def _claim(grid_dir: Path, p: PlannedRun) -> None:
+    """Make the run's entry in the grid's folder (experiments/store.py: a link to the directory another
+    grid holds, or its own new directory). A run planned new that another grid made meanwhile (submitted
+    at the same time) is that grid's to train: it is not submitted here."""
+    placement = claim(grid_dir.parent, grid_dir.name, p.cfg)
+    if p.state == "SUBMIT" and placement.elsewhere and not (p.placement and p.placement.elsewhere):
+        p.state = "DONE" if RunDir(placement.directory).is_done() else "ACTIVE"
+        print(f"{p.run_dir.path.name}: grid {placement.holder} made its directory meanwhile: shared with it, "
+              f"not submitted here ({p.state})")
+    p.placement, p.run_dir = placement, RunDir(placement.entry)
 
 
 def _submit_local(grid_dir: Path, runs: list[PlannedRun], profile: ClusterProfile, max_parallel: int,
