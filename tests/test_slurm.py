@@ -241,8 +241,14 @@ def test_failing_run_is_reported_with_its_error_tail(corpus, tmp_path):
     broken.symlink_to(corpus)
     grid = write_grid(tmp_path, corpus, "mixed", {"runs": [{"name": "good"}, {"name": "bad", "data.path": str(broken)}]})
     root = tmp_path / "root"
-    assert submit(grid, root, "--cluster", "local").returncode == 0
-    broken.unlink()
+    # Jobs wait while the partition is down, so the corpus is gone before the bad run starts
+    # (a job can start, and a tiny run read its data, before `submit` has returned).
+    subprocess.run(["scontrol", "update", "PartitionName=debug", "State=DOWN"], check=True)
+    try:
+        assert submit(grid, root, "--cluster", "local").returncode == 0
+        broken.unlink()
+    finally:
+        subprocess.run(["scontrol", "update", "PartitionName=debug", "State=UP"], check=True)
     wait_done(grid, root)
     # FAILED as slurm.status sees it: status.json says so, or (refused before the trainer wrote
     # anything) the scheduler does; the tail shows the cause from status.json or the job's log.
