@@ -70,7 +70,7 @@ def _table_row(group: pd.DataFrame, matched: pd.DataFrame) -> dict[str, Any]:
     unit = first["metric"]
     row = {"dataset": first["dataset"], "model": first["model"], "source": first["source"], "unit": unit,
            "params_paper_m": first["params_m"], "params_ours": matched["params_total"].mean(),
-           "eval_capped": "eval_full" in matched and not matched["eval_full"].fillna(True).astype(bool).all()}
+           "eval_capped": "eval_full" in matched and bool(matched["eval_full"].eq(False).any())}
     for split in SPLITS:
         values = group.loc[group["split"] == split, "value"]
         paper = float(values.iloc[0]) if not values.empty else math.nan
