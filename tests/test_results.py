@@ -1,4 +1,4 @@
-"""The committed CPU reproduction (results/wt2_char) is what its run directories say.
+"""The committed CPU reproductions (results/wt2_char, results/anchor_wt2) are what their run directories say.
 
 Every number in runs.csv and figure2.csv must come back when the copied run
 directories are collected again, and every run must carry its provenance.
@@ -59,3 +59,24 @@ def test_committed_demo_check_matches_its_runs():
     assert len(runs) == 24 and (runs.groupby("config_group").size() == 3).all()
     assert (check / "comparison.md").read_text() == format_report(compare_variants(runs, "transformer"), "markdown")
     assert (check / "claims.md").read_text() == format_claims(evaluate_claims(runs), "markdown")
+
+
+def test_committed_anchor_pair_matches_its_runs():
+    """results/anchor_wt2: the transformer and the all-attention model at equal parameters, 2 seeds
+    each, DONE with provenance; runs.csv, comparison.md and claims.md are what the runs say."""
+    from analysis.report import compare_variants, format_report
+
+    anchor = PROJECT_ROOT / "results" / "anchor_wt2"
+    run_dirs = sorted(resolve_run_dirs([anchor / "runs"]))
+    assert len(run_dirs) == 4
+    for run_dir in run_dirs:
+        assert json.loads((run_dir / "status.json").read_text())["state"] == "DONE", run_dir
+        assert {"git_sha", "torch", "host", "command"} <= set(json.loads((run_dir / "provenance.json").read_text()))
+    runs = load_runs([anchor / "runs"])
+    assert sorted(runs["variant"]) == ["all_attention"] * 2 + ["transformer"] * 2
+    assert runs["params_total"].max() / runs["params_total"].min() < 1.01  # equal parameters
+    committed = pd.read_csv(anchor / "runs.csv").set_index("run_id").sort_index()
+    collected = collect_runs(run_dirs).set_index("run_id").sort_index()
+    assert committed["dev_bpc"].to_numpy() == pytest.approx(collected["dev_bpc"].to_numpy(), rel=1e-9)
+    assert (anchor / "comparison.md").read_text() == format_report(compare_variants(runs, "transformer"), "markdown")
+    assert (anchor / "claims.md").read_text() == format_claims(evaluate_claims(runs), "markdown")
