@@ -22,7 +22,8 @@ from analysis.aggregate import GROUP_KEY, differences
 from analysis.collect import collect_runs, load_runs
 from analysis.inputs import add_inputs_argument, selection
 from analysis.published import SOURCES, load_published
-from analysis.render import fmt_count, fmt_delta, fmt_mean_std, fmt_published, latex_table, markdown_table
+from analysis.render import (fmt_count, fmt_delta, fmt_mean_std, fmt_published, is_missing, latex_table,
+                             markdown_table)
 from experiments.atomic import atomic_write_text
 from experiments.cli import run_cli
 
@@ -91,9 +92,10 @@ def format_table(numbers: pd.DataFrame) -> pd.DataFrame:
             name = split.capitalize()
             paper = fmt_published(row[f"{split}_paper"], unit)
             ours = fmt_mean_std(row[f"{split}_ours"], row[f"{split}_std"], unit, row[f"{split}_n"])
-            ours += " *" if row["eval_capped"] and row[f"{split}_n"] else ""
-            out.update({f"{name} {unit} (paper)": paper, f"{name} {unit} (ours)": ours,
-                        f"Δ {split}": fmt_delta(row[f"{split}_delta"], unit)})
+            mark = " *" if row["eval_capped"] and row[f"{split}_n"] else ""
+            delta = fmt_delta(row[f"{split}_delta"], unit)
+            out.update({f"{name} {unit} (paper)": paper, f"{name} {unit} (ours)": ours + mark,
+                        f"Δ {split}": delta + ("" if is_missing(row[f"{split}_delta"]) else mark)})
         return out
 
     return pd.DataFrame([cells(row) for _, row in numbers.iterrows()])

@@ -84,8 +84,10 @@ def evaluate_tokens(model: torch.nn.Module, tokens: np.ndarray, block_size: int,
                     ctx: DistContext, unit: str, max_tokens: int | None = None,
                     stop: Callable[[], bool] | None = None) -> dict:
     """The full-evaluation record of one split: {"loss" (nats), unit, "tokens", "full"}.
-    `max_tokens` caps the tokens read (whole blocks, at least one); "full" says it was not set."""
+    `max_tokens` caps the tokens read (whole blocks, at least one); "full" says the cap, if any,
+    left out no block of the split (a cap larger than the split evaluates all of it)."""
     stream = TokenStream(tokens, batch_size, block_size, ctx.rows(batch_size))
     max_blocks = None if max_tokens is None else max(1, max_tokens // (batch_size * block_size))
     loss, count = evaluate_stream(model, stream, ctx, max_blocks, stop)
-    return {"loss": loss, unit: unit_value(loss, unit), "tokens": count, "full": max_tokens is None}
+    full = max_blocks is None or max_blocks >= stream.num_blocks
+    return {"loss": loss, unit: unit_value(loss, unit), "tokens": count, "full": full}

@@ -11,12 +11,14 @@ section inline) plus three optional keys:
 
 Points are runs x grid x seeds. A point's slug is its `name` plus the values the
 grid and seeds set (`fig2-num_persistent=64-seed=1`); its run id adds the config
-hash. The grid's name is the file's stem: runs live in `<root>/<grid name>/<run_id>/`.
+hash. The grid's name is the file's stem: runs live in `<root>/<grid name>/<run_id>/`, so
+the stem must be a plain folder name (a letter or digit first: not `.`, `..` or hidden).
 """
 from __future__ import annotations
 
 import itertools
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -24,9 +26,11 @@ from typing import Any, Iterable
 from experiments.config import apply_overrides, merge, parse_yaml, read_yaml_file
 from experiments.run_config import RunConfig, find_run_dir, run_config_from_dict
 from experiments.run_dir import PROJECT_ROOT
-from model.errors import ConfigError
+from model.errors import ConfigError, UserError
 
 DEFAULT_ROOT = PROJECT_ROOT / "runs"
+GRID_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+"""A grid's name (its file's stem) is a folder of the results root, found by analysis's folder scan."""
 
 
 @dataclass
@@ -50,6 +54,9 @@ def load_grid(path: str | Path, only: Iterable[str] = (), overrides: Iterable[st
     `overrides` (`key=value`) change the base of every run, before the grid's own values.
     """
     path = Path(path)
+    if not GRID_NAME.fullmatch(path.stem):
+        raise UserError(f"{path}: a grid's name is its file name without .yaml and names its folder of runs; "
+                        f"{path.stem!r} is not a plain folder name (letters, digits, '.', '_', '-'; a letter or digit first)")
     data = apply_overrides(read_yaml_file(path), overrides)
     sweep, explicit, seeds = data.pop("grid", {}), data.pop("runs", [{}]), data.pop("seeds", None)
     _check_shapes(sweep, explicit, seeds)

@@ -84,10 +84,15 @@ def locate(root: str | os.PathLike, grid_name: str, cfg: RunConfig) -> Placement
 def claim(root: str | os.PathLike, grid_name: str, cfg: RunConfig) -> Placement:
     """Make `grid_name`'s entry for `cfg`'s run, once for the whole root: a link to the directory
     another grid holds, else a new directory with its config.yaml (so that the other grids find it).
-    An entry that exists already (directory or link) is kept as it is."""
+    An entry that exists already (directory or link) is kept as it is, but a link whose directory
+    is gone (its grid's folder deleted) is claimed afresh: retraining through it would recreate
+    the deleted grid's folder."""
     root = Path(root)
     with _root_locked(root):
         placement = locate(root, grid_name, cfg)
+        if placement.entry.is_symlink() and not placement.entry.exists():
+            placement.entry.unlink()
+            placement = locate(root, grid_name, cfg)
         if os.path.lexists(placement.entry):
             return placement
         placement.entry.parent.mkdir(parents=True, exist_ok=True)

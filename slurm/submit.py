@@ -44,9 +44,10 @@ import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import submitit
 
@@ -313,7 +314,7 @@ def submit_group(grid_dir: Path, runs: list[PlannedRun], executor: submitit.Exec
         Path(os.path.realpath(p.run_dir.path)).mkdir(parents=True, exist_ok=True)  # through a shared run's link
         prepare_run_dir(p.dir_config, p.run_dir)
         p.run_dir.write_status("PENDING", stage="submitted", error=None)
-    with submitit.helpers.clean_env():
+    with submitit.helpers.clean_env(), _controllers_detached(executor, grid_dir / ".submitit" / "controllers.log"):
         with executor.batch():
             jobs = [executor.submit(training_job(p.run_dir, profile)) for p in runs]
     manifest.record_jobs(grid_dir, submission or manifest.new_submission(),
@@ -326,6 +327,29 @@ def submit_group(grid_dir: Path, runs: list[PlannedRun], executor: submitit.Exec
     for p, job in zip(runs, jobs):
         _link_logs(p.run_dir, Path(job.paths.folder))
     return jobs
+
+
+@contextmanager
+def _controllers_detached(executor: submitit.Executor, log: Path) -> Iterator[None]:
+    """The local executor starts each job's controller with Popen, inheriting this process's stdout
+    and stderr: a pipe (`slurm.submit ... | tail`) then stays open until the last run ends. The
+    controllers get `log` instead (each run's own output goes to its own log files anyway)."""
+    if executor.cluster != "local":
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(log, "ab") as sink:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+        yield
+    finally:
+        for fd, saved_fd in zip((1, 2), saved):
+            os.dup2(saved_fd, fd)
+            os.close(saved_fd)
 
 
 def _identity(pid: str) -> dict | None:

@@ -6,7 +6,7 @@ import textwrap
 import pytest
 
 from experiments.grid import load_grid
-from model.errors import ConfigError
+from model.errors import ConfigError, UserError
 from tests.test_config import VALID
 
 
@@ -59,3 +59,14 @@ def test_run_dirs_are_grid_name_and_run_id(tmp_path):
 def test_bad_grids_are_rejected(tmp_path, body, key):
     with pytest.raises(ConfigError, match=key):
         load_grid(write_grid(tmp_path, body))
+
+
+@pytest.mark.parametrize("stem", [".", "..", ".hidden", "-dash", "a b"])
+def test_a_grid_whose_name_is_not_a_plain_folder_is_refused(tmp_path, stem):
+    """The grid's name is its folder under the results root: `..yaml` would write runs into the root."""
+    good = write_grid(tmp_path, "runs: [{name: joint}]\n")
+    bad = tmp_path / f"{stem}.yaml"
+    bad.write_text(good.read_text())
+    with pytest.raises(UserError, match="not a plain folder name") as err:
+        load_grid(bad)
+    assert "\n" not in str(err.value)

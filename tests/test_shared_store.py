@@ -153,3 +153,20 @@ def test_the_paper_configs_of_one_point_share_one_run_directory(tmp_path):
         linked = store.claim(tmp_path, grid, cfg)
         assert linked.entry.is_symlink() and linked.entry.resolve() == made.directory
     assert store.locate(tmp_path, "fig2_right", right).sharers == ("fig2_left", "text8_large")
+
+
+def test_a_link_whose_directory_was_deleted_is_claimed_afresh(corpus, tmp_path):
+    """The grid holding a shared run deleted its folder: the other grid's dangling link is replaced by
+    a directory of its own (trained there), and nothing is recreated in the deleted grid's folder."""
+    import shutil
+
+    alpha = write_grid(tmp_path, corpus, "alpha", {"runs": [{"name": "alpha-p8"}]})
+    beta = write_grid(tmp_path, corpus, "beta", {"runs": [{"name": "beta-p8"}]})
+    root = tmp_path / "root"
+    (cfg_a,), (cfg_b,) = load_grid(alpha).runs, load_grid(beta).runs
+    store.claim(root, "alpha", cfg_a)
+    assert store.claim(root, "beta", cfg_b).entry.is_symlink()
+    shutil.rmtree(root / "alpha")
+    again = store.claim(root, "beta", cfg_b)
+    assert again.entry.is_dir() and not again.entry.is_symlink() and not again.elsewhere
+    assert not (root / "alpha").exists()

@@ -573,3 +573,18 @@ def test_case03_a_slurm_job_id_that_is_not_the_grid_s_is_not_its_run_s(corpus, t
         assert manifest.slurm_states([other]).get(other) in ("RUNNING", "PENDING")
     finally:
         subprocess.run(["scancel", other])
+
+
+def test_local_submit_into_a_pipe_returns_while_its_runs_train(corpus, tmp_path):
+    """The local executor's job controllers do not hold submit's stdout/stderr: `slurm.submit ... | tail`
+    returns when submit does, not when the last run ends."""
+    grid = _long_run(tmp_path, corpus, "piped", steps=200000)  # minutes of training
+    root = tmp_path / "root"
+    started = time.time()
+    proc = submit(grid, root, "--executor", "local", timeout=90)  # both pipes read to their end
+    assert proc.returncode == 0, proc.stderr
+    assert "submitted 1 runs" in proc.stdout and time.time() - started < 90
+    (run_dir,) = load_grid(grid).run_dirs(root)
+    assert _status(run_dir).get("state") in ("PENDING", "RUNNING")
+    assert "cancelled 1" in status(grid, root, "--cancel")
+    wait_done(grid, root, timeout=120)

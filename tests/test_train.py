@@ -429,5 +429,10 @@ def test_evaluate_command_takes_device_max_tokens_and_threads(reference_run, tmp
     records = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["split"] for r in records] == ["valid", "test"]
     assert all(r["tokens"] == 64 and r["full"] is False for r in records)  # 64 // (2 x 8) = 4 blocks of 2 x 8
+    # A cap larger than the split leaves nothing out: the evaluation is full.
+    uncapped = subprocess.run(cmd[:cmd.index("--max-tokens") + 1] + ["1000000000"] + cmd[cmd.index("--threads"):],
+                              cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert uncapped.returncode == 0, uncapped.stderr
+    assert all(json.loads(line)["full"] is True for line in uncapped.stdout.splitlines())
     bad = subprocess.run(cmd[:-2] + ["--threads", "-1"], cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "--threads" in bad.stderr
