@@ -325,9 +325,17 @@ def test_two_gloo_processes_with_split_batches_match_one_process_and_stop_togeth
         assert stopped % SIGNAL_EVERY == 0
     shared = final_state(tmp_path / "ddp")
     assert list(shared["model"]) == list(final_state(tmp_path / "single")["model"])  # no "module." prefix
-    for proc in launch():
-        _, stderr = proc.communicate(timeout=300)
-        assert proc.returncode == 0, stderr
+    resumed = launch()
+    deadline = time.time() + 300  # both ranks watched at once: when one hangs, the other's exit and stderr are shown
+    while time.time() < deadline and any(proc.poll() is None for proc in resumed):
+        time.sleep(0.5)
+    hung = [proc.poll() is None for proc in resumed]
+    for proc in resumed:
+        if proc.poll() is None:
+            proc.kill()
+    outcome = [(rank, proc.wait(), "hung" if stuck else "", proc.communicate()[1][-3000:])
+               for rank, (proc, stuck) in enumerate(zip(resumed, hung))]
+    assert not any(hung) and all(code == 0 for _, code, _, _ in outcome), outcome
     one, two = read_metrics(tmp_path / "single" / "metrics.jsonl"), read_metrics(tmp_path / "ddp" / "metrics.jsonl")
     assert [r["step"] for r in one if r["split"] == "train"] == [r["step"] for r in two if r["split"] == "train"]
     for a, b in zip(one, two):
