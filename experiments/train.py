@@ -106,10 +106,11 @@ def run_training(cfg: RunConfig, run_dir: RunDir, *, restart: bool = False) -> i
                                              "from its previous checkpoint", trainer)
             raise
     finally:
-        shutdown_distributed()
+        stopped = trainer.interrupt.stopped_by if trainer is not None else None
+        trainer = None  # its DDP wrapper holds the process group: freed before the group is left
+        shutdown_distributed(ctx)
         if lock is not None:
             lock.release()
-    stopped = trainer.interrupt.stopped_by
     return 128 + stopped if stopped else 0
 
 

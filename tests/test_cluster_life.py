@@ -23,6 +23,8 @@ from tests.conftest import PROJECT_ROOT
 from tests.test_config import VALID
 
 FIXTURE_RUNS = Path(__file__).parent / "fixtures" / "runs" / "fig2_demo"
+LEGACY_WT2 = Path(__file__).parent / "fixtures" / "legacy_wt2_adam"
+"""The Adam-recipe CPU Figure 2 an earlier release committed in results/wt2_char: run folders named by the legacy hash."""
 
 
 def _run_yaml(tmp_path: Path) -> Path:
@@ -1187,15 +1189,16 @@ def test_case08_cadence_fields_are_not_in_the_run_id_and_the_readme_lists_what_i
 
 
 def test_case08_runs_made_before_the_change_still_resolve(tmp_path):
-    """The committed results (named by the legacy hash) resolve from their grid files, with or without
+    """Runs made by an earlier release (named by the legacy hash: the Adam-recipe CPU Figure 2 once in
+    results/wt2_char, kept with its grid files as a fixture) resolve from their grid files, with or without
     a cadence override, through the grid, the trainer's default run dir and a manifest-less selection."""
     from experiments.grid import load_grid
     from experiments.manifest import select
     from experiments.train import default_run_dir
 
-    results = PROJECT_ROOT / "results" / "wt2_char" / "runs"
+    results = LEGACY_WT2 / "runs"
     for name in ("fig2_left_wt2", "fig2_right_wt2"):
-        grid_file = PROJECT_ROOT / "experiments" / "cpu" / f"{name}.yaml"
+        grid_file = LEGACY_WT2 / "grids" / f"{name}.yaml"
         committed = sorted((results / name).iterdir())
         for overrides in ([], ["train.checkpoint_every=100", "train.log_every=10"]):
             grid = load_grid(grid_file, overrides=overrides)

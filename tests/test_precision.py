@@ -132,12 +132,12 @@ def test_legacy_and_new_keys_together_or_a_bad_precision_are_refused():
 
 
 def test_committed_run_directories_written_with_bf16_false_keep_their_ids():
-    """results/wt2_char's config.yaml files say `train: {bf16: false}`: they load as fp32, and
-    their folders' ids are what the hash of that config gives (the legacy hash where cadence
-    fields left the hash since: experiments/run_config.py)."""
+    """The legacy runs' config.yaml files (tests/fixtures/legacy_wt2_adam, once results/wt2_char) say
+    `train: {bf16: false}`: they load as fp32, and their folders' ids are what the hash of that config
+    gives (the legacy hash where cadence fields left the hash since: experiments/run_config.py)."""
     from experiments.run_config import load_run_config
 
-    dirs = sorted((PROJECT_ROOT / "results" / "wt2_char" / "runs").glob("*/*/config.yaml"))
+    dirs = sorted((PROJECT_ROOT / "tests" / "fixtures" / "legacy_wt2_adam" / "runs").glob("*/*/config.yaml"))
     assert len(dirs) == 20
     for path in dirs:
         assert "bf16: false" in path.read_text()
