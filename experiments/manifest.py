@@ -250,7 +250,11 @@ class Selection:
         where = f"{self.grid_name} in {self.manifest.grid_dir.parent}"
         selected = f"runs matching {self.selection_flags()}" if self.filtered else "every submission"
         shown = self.shown
-        if not self.manifest.exists:
+        linked = sum(Path(r.run_dir).is_symlink() for r in self.runs)
+        if not self.manifest.exists and linked:  # its submissions found every run trained by another grid
+            lines = [f"{where}: no job submitted from this grid (no {FILENAME}); {linked} run(s) shared with "
+                     "other grids, shown with their jobs"]
+        elif not self.manifest.exists:
             lines = [f"{where}: never submitted (no {FILENAME})"]
         else:
             lines = [f"{where}: {selected}; {len(shown)} of {len(self.manifest.submissions)} submission(s) shown"]

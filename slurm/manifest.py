@@ -39,7 +39,7 @@ from experiments.manifest import (FILENAME, TIME_FORMAT, Manifest, Submission, _
                                   new_submission, record_jobs)
 from model.errors import UserError
 
-__all__ = ["LIVE_SLURM_STATES", "LiveJob", "Manifest", "Submission", "annotate", "left_to_other_grids", "live_dirs",
+__all__ = ["LIVE_SLURM_STATES", "LiveJob", "Manifest", "Submission", "annotate", "live_in_other_grids", "live_dirs",
            "live_runs", "load", "load_manifest", "new_submission", "own_live_runs", "process_identity", "record_jobs",
            "slurm_jobs", "slurm_states"]
 
@@ -155,16 +155,11 @@ def live_runs(grid_dir: Path) -> dict[str, str]:
     return {run_id: job.job_id for run_id, job in _live_by_run(Path(grid_dir)).items()}
 
 
-def left_to_other_grids(grid_dir: Path, run_ids: list[str]) -> str | None:
-    """What `slurm.status --cancel` says of the runs among `run_ids` whose live job another grid
-    submitted (on a directory they share): it cancels only its own grid's jobs. None when there are none."""
-    theirs = {run_id: job for run_id, job in _live_by_run(Path(grid_dir)).items()
-              if run_id in run_ids and job.grid != Path(grid_dir).name}
-    if not theirs:
-        return None
-    jobs = ", ".join(f"{run_id} (job {job.job_id} of grid {job.grid})" for run_id, job in sorted(theirs.items()))
-    return (f"left {len(theirs)} shared run(s) running: their job was submitted by another grid, which alone "
-            f"cancels it: {jobs}")
+def live_in_other_grids(grid_dir: Path, run_ids: list[str]) -> dict[str, LiveJob]:
+    """Run id -> live job, for the runs among `run_ids` whose live job another grid submitted (on a
+    directory they share): `slurm.status --cancel` cancels only its own grid's jobs."""
+    return {run_id: job for run_id, job in _live_by_run(Path(grid_dir)).items()
+            if run_id in run_ids and job.grid != Path(grid_dir).name}
 
 
 def _live_by_run(grid_dir: Path) -> dict[str, LiveJob]:

@@ -52,15 +52,17 @@ def job_state(status: dict, job: submitit.Job | None) -> str:
     return run_state(status, str(job.job_id), live, queued, final="FAILED")
 
 
-def progress_rows(run_dirs: Sequence[str | Path], jobs: Sequence[submitit.Job | None] | None = None) -> list[dict]:
+def progress_rows(run_dirs: Sequence[str | Path], jobs: Sequence[submitit.Job | None] | None = None,
+                  submission: str = "-") -> list[dict]:
     """One row per run directory (the `slurm.status` columns); `jobs[i]`, when given, is the
-    job of `run_dirs[i]`: its id is shown, and its end decides a state status.json left open."""
+    job of `run_dirs[i]`: its id is shown, and its end decides a state status.json left open.
+    `submission`: the "sub." column ("#3": the manifest's number of the submission waited for)."""
     rows = []
     for i, path in enumerate(run_dirs):
         job = jobs[i] if jobs else None
         run_dir = RunDir(path)
         status = run_dir.read_status()
-        fields = {"job": str(job.job_id)} if job is not None else {}
+        fields = {"job": str(job.job_id), "submission": submission} if job is not None else {}
         rows.append(run_row(run_dir.path.name, run_dir, job_state(status, job), status, **fields))
     return rows
 
@@ -114,14 +116,15 @@ class TableRenderer:
 def wait(jobs: Sequence[submitit.Job], rows: Sequence[str | Path] | Callable[[], list[dict]] | None = None, *,
          out: TextIO | None = None, tty: bool | None = None, interval_s: float | None = None,
          poll_s: float | None = None, clock: Callable[[], float] = time.monotonic,
-         sleep: Callable[[float], None] = time.sleep) -> int:
+         sleep: Callable[[float], None] = time.sleep, submission: str = "-") -> int:
     """Wait for `jobs`, showing their progress table meanwhile (module docstring); then report each
     failed job. 0 when every job succeeded, else 1. `rows`: the run directories to show (default:
-    each job's own), or a function making the rows; the intervals are parameters for the tests."""
+    each job's own), or a function making the rows; the intervals are parameters for the tests.
+    `submission`: what the "sub." column shows for the jobs' runs (e.g. "#3")."""
     out = out or sys.stdout
     renderer = TableRenderer(out, tty, interval_s, clock)
     poll_s = poll_s if poll_s is not None else min(renderer.interval_s, PLAIN_POLL_S)
-    make_rows = _rows_of(jobs, rows)
+    make_rows = _rows_of(jobs, rows, submission)
     if jobs:
         while not all(job.done() for job in jobs):
             renderer.show(table_lines(make_rows()))
@@ -130,8 +133,8 @@ def wait(jobs: Sequence[submitit.Job], rows: Sequence[str | Path] | Callable[[],
     return report(jobs)
 
 
-def _rows_of(jobs: Sequence[submitit.Job], rows: Sequence[str | Path] | Callable[[], list[dict]] | None
-             ) -> Callable[[], list[dict]]:
+def _rows_of(jobs: Sequence[submitit.Job], rows: Sequence[str | Path] | Callable[[], list[dict]] | None,
+             submission: str) -> Callable[[], list[dict]]:
     """The function making the table's rows: as given, over the given run directories, or over
     each job's run directory (read from its pickle once, not at every refresh)."""
     if callable(rows):
@@ -140,7 +143,7 @@ def _rows_of(jobs: Sequence[submitit.Job], rows: Sequence[str | Path] | Callable
         paths = list(rows)
         return lambda: progress_rows(paths)
     pairs = [(path, job) for job in jobs if (path := job_run_dir(job)) is not None]
-    return lambda: progress_rows([p for p, _ in pairs], [j for _, j in pairs])
+    return lambda: progress_rows([p for p, _ in pairs], [j for _, j in pairs], submission)
 
 
 def report(jobs: Sequence[submitit.Job]) -> int:

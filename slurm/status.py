@@ -41,6 +41,8 @@ from slurm import manifest
 from slurm.job import STALLED_STAGE, read_attempts
 
 NOT_SUBMITTED = "not submitted"
+MISSING = "MISSING"
+"""A shared run whose link points at a directory that was deleted (with the grid that trained it)."""
 TERMINAL_SACCT = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 
 
@@ -182,7 +184,11 @@ def selected_rows(selection: Selection) -> list[dict]:
         state = run_state(status, job_id, run.run_id in live, queued.get(job_id), accounted.get(job_id), cancelled)
         if job_id is None and state == "PENDING":  # no job was ever asked for: it would wait forever
             state = NOT_SUBMITTED
-        rows.append(run_row(run.run_id, run_dir, state, status, job=job_id or "-",
+        note = None
+        if run_dir.path.is_symlink() and not run_dir.path.exists():
+            state, note = MISSING, (f"{run.run_id}: shared with another grid through a link to "
+                                    f"{os.readlink(run_dir.path)}, which was deleted; slurm.submit trains it afresh here")
+        rows.append(run_row(run.run_id, run_dir, state, status, job=job_id or "-", note=note,
                             submission=",".join(f"#{n}" for n in run.submissions) or "-"))
     return rows
 
@@ -201,7 +207,7 @@ def table_lines(rows: list[dict]) -> list[str]:
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
     lines.append(f"{len(rows)} runs: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
-    return lines
+    return lines + [r["note"] for r in rows if r.get("note")]
 
 
 def print_rows(rows: list[dict], header: Sequence[str] = ()) -> None:
@@ -246,11 +252,14 @@ def cancel(rows: list[dict], grid_dir: Path) -> int:
             r["run_dir"].write_status("CANCELLED", error="cancelled by slurm.status --cancel")
         print(f"cancelled {r['run']} (job {job})")
         cancelled += 1
-    skipped = f", {done} DONE left alone" if done else ""
-    print(f"cancelled {cancelled} of {len(rows)} runs shown ({len(rows) - cancelled - done} not live{skipped})")
-    shared = manifest.left_to_other_grids(grid_dir, [r["run"] for r in rows])
-    if shared:
-        print(shared)
+    theirs = manifest.live_in_other_grids(grid_dir, [r["run"] for r in rows])
+    left = [f"{done} DONE left alone"] if done else []
+    if theirs:
+        left.append(f"{len(theirs)} shared with another grid left running")
+    idle = len(rows) - cancelled - done - len(theirs)
+    print(f"cancelled {cancelled} of {len(rows)} runs shown ({', '.join([f'{idle} not live', *left])})")
+    for run_id, job in sorted(theirs.items()):
+        print(f"  {run_id}: job {job.job_id} of grid {job.grid} runs it; only that grid's --cancel stops it")
     return 0
 
 

@@ -437,7 +437,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               "for the submission", file=sys.stderr)
     submission = manifest.new_submission(args.grid, args.set, args.only)
     jobs = submit_planned(args.root / grid.name, planned, profile, local, max_parallel, args.force, submission)
-    return progress.wait(jobs) if args.wait else 0
+    if not args.wait:
+        return 0
+    numbers = manifest.load_manifest(args.root / grid.name).submissions
+    return progress.wait(jobs, submission=f"#{numbers[-1].number}" if jobs and numbers else "-")
 
 
 def submit_planned(grid_dir: Path, planned: list[PlannedRun], profile: ClusterProfile, local: bool,

@@ -163,7 +163,7 @@ def test_submit_wait_prints_the_table_and_reports_a_failed_run(tmp_path):
     assert proc.returncode == 1, proc.stderr
     assert "[progress after " in proc.stdout and "step/steps" in proc.stdout
     final = proc.stdout.split("[progress after ")[-1].splitlines()
-    assert re.search(r" DONE .* 12/12 +bpc \d+\.\d{3} +\d+ +1 ", _line(final, _run_id(grid, "good")))
+    assert re.search(r" DONE .* 12/12 +bpc \d+\.\d{3} +\d+ +1 +#1 +\d+ ", _line(final, _run_id(grid, "good")))
     assert re.search(r" FAILED .* 0/12 ", _line(final, _run_id(grid, "bad")))
     assert "2 runs: 1 DONE, 1 FAILED" in final or "2 runs: 1 FAILED, 1 DONE" in final
     assert re.search(r"job \d+ failed: model.errors.UserError: .*train.bin: sha256 .* \(log: ", proc.stderr)

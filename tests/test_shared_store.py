@@ -113,10 +113,13 @@ def test_a_run_another_grid_is_training_is_not_submitted_again_nor_cancelled(cor
         row = _row(second, shared_b.run_id)
         assert " ACTIVE " in row and f"job {job} of grid alpha" in row, second
         assert "submitted 0 runs" in second
-        shown = _row(status(beta, root), shared_b.run_id)
+        table = status(beta, root)
+        assert "no job submitted from this grid (no manifest.json); 1 run(s) shared with other grids" in table, table
+        shown = _row(table, shared_b.run_id)
         assert f" {job} " in shown and "not submitted" not in shown and "LOST" not in shown, shown
         cancel = status(beta, root, "--cancel")
-        assert "cancelled 0 of 1" in cancel and f"{shared_b.run_id} (job {job} of grid alpha)" in cancel, cancel
+        assert "cancelled 0 of 1 runs shown (0 not live, 1 shared with another grid left running)" in cancel, cancel
+        assert f"{shared_b.run_id}: job {job} of grid alpha runs it" in cancel, cancel
         assert manifest.own_live_runs(root / "alpha") == {shared_a.run_id: job}
     finally:
         _signal_tree(int(job), signal.SIGCONT)
@@ -167,6 +170,9 @@ def test_a_link_whose_directory_was_deleted_is_claimed_afresh(corpus, tmp_path):
     store.claim(root, "alpha", cfg_a)
     assert store.claim(root, "beta", cfg_b).entry.is_symlink()
     shutil.rmtree(root / "alpha")
+    shown = status(beta, root)
+    assert "MISSING" in _row(shown, cfg_b.run_id) and "LOST" not in shown, shown
+    assert f"{cfg_b.run_id}: shared with another grid through a link to " in shown and "was deleted" in shown, shown
     again = store.claim(root, "beta", cfg_b)
     assert again.entry.is_dir() and not again.entry.is_symlink() and not again.elsewhere
     assert not (root / "alpha").exists()
