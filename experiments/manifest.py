@@ -315,7 +315,8 @@ def select(grid_file: str | os.PathLike, root: str | os.PathLike, overrides: Seq
 
 def latest_jobs(root: Path, own: str) -> dict[str, dict[str, Any]]:
     """Real run directory -> its latest job as recorded by any grid of the root (on a tie, by the
-    grid `own`): a directory grids share shows the job that trains it, whichever grid submitted it."""
+    grid `own`), with the "grid" that recorded it: a directory grids share shows the job that
+    trains it, whichever grid submitted it."""
     grid_dirs = sorted((p for p in root.iterdir() if (p / FILENAME).is_file()),
                        key=lambda p: (p.name == own, p.name)) if root.is_dir() else []
     latest: dict[str, dict[str, Any]] = {}
@@ -327,7 +328,7 @@ def latest_jobs(root: Path, own: str) -> dict[str, dict[str, Any]]:
         for run_id, entry in recorded.runs.items():
             key = os.path.realpath(recorded.run_dir(run_id))
             if key not in latest or str(entry.get("submitted", "")) >= str(latest[key].get("submitted", "")):
-                latest[key] = entry
+                latest[key] = {**entry, "grid": grid_dir.name}
     return latest
 
 

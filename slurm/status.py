@@ -184,12 +184,14 @@ def selected_rows(selection: Selection) -> list[dict]:
         state = run_state(status, job_id, run.run_id in live, queued.get(job_id), accounted.get(job_id), cancelled)
         if job_id is None and state == "PENDING":  # no job was ever asked for: it would wait forever
             state = NOT_SUBMITTED
-        note = None
+        note, submission = None, ",".join(f"#{n}" for n in run.submissions) or "-"
+        grid = run.entry.get("grid") if run.entry else None
+        if grid not in (None, selection.grid_name):  # a shared run another grid resubmitted since
+            submission, note = "other", f"{run.run_id}: job {job_id} is submission #{run.entry.get('submission')} of grid {grid}"
         if run_dir.path.is_symlink() and not run_dir.path.exists():
             state, note = MISSING, (f"{run.run_id}: shared with another grid through a link to "
                                     f"{os.readlink(run_dir.path)}, which was deleted; slurm.submit trains it afresh here")
-        rows.append(run_row(run.run_id, run_dir, state, status, job=job_id or "-", note=note,
-                            submission=",".join(f"#{n}" for n in run.submissions) or "-"))
+        rows.append(run_row(run.run_id, run_dir, state, status, job=job_id or "-", note=note, submission=submission))
     return rows
 
 

@@ -75,6 +75,11 @@ def test_a_run_two_grids_share_trains_once_and_both_grids_read_it(corpus, tmp_pa
         assert len(runs) == count and shared_a.config_hash in set(runs["config_hash"])
     table = status(beta, root)
     assert " DONE " in _row(table, shared_b.run_id) and "not submitted" not in table
+    submit(beta, root, "--force", "--only", "name=beta-p8", "--wait")  # rerun, for both grids, from beta
+    table = status(alpha, root)
+    job = manifest.load(root / "beta")[shared_b.run_id]["job_id"]
+    assert f" other {job} " in _row(table, shared_a.run_id), table  # not alpha's submission number
+    assert f"{shared_a.run_id}: job {job} is submission #2 of grid beta" in table, table
 
 
 def _processes_of(pid: int) -> list[int]:
