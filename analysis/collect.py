@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -54,6 +55,8 @@ CURVE_COLUMNS = ["step", "split", "tokens", "loss", "bpc", "ppl", "lr", "ms_per_
                  "span_mean", "span_max", "attempt", "time"]
 _EVAL_SPLITS = {"valid": "dev", "test": "test"}
 REQUIRED_SECTIONS = ("model", "data", "optim", "train")
+_RUN_ID = re.compile(r"(.+)-[0-9a-f]{8}")
+"""A run directory's name: the run's name (with its seed) and its config hash (experiments/run_config.py)."""
 
 
 def collect_runs(dirs: Iterable[str | os.PathLike]) -> pd.DataFrame:
@@ -224,7 +227,12 @@ def _meta_checksum(meta: Path) -> str | None:
 
 def _identity(run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
     model, data, train = (_mapping(config.get(k)) for k in ("model", "data", "train"))
-    return {"run_id": run_dir.name, "grid": config.get("grid") or run_dir.parent.name, "name": config.get("name"),
+    grid, name = config.get("grid") or run_dir.parent.name, config.get("name")
+    folder = _RUN_ID.fullmatch(run_dir.name)
+    if folder and grid != run_dir.parent.name and folder.group(1) != name:
+        # a run another grid trained, found in this grid's folder (its link, or a copy): named as this grid names it
+        grid, name = run_dir.parent.name, folder.group(1)
+    return {"run_id": run_dir.name, "grid": grid, "name": name,
             "dataset": data.get("dataset"), "variant": model.get("variant"),
             "num_persistent": model.get("num_persistent"), "num_layers": model.get("num_layers"),
             "seed": train.get("seed")}

@@ -54,17 +54,19 @@ def resolve_run_dirs(inputs: Sequence[str | os.PathLike], root: str | os.PathLik
     if (overrides or only) and not any(path.suffix in GRID_SUFFIXES for path in paths):
         raise UserError("--set and --only select the runs of a GRID.yaml input; folders are read whole "
                         "(name the grid file instead)")
-    found: dict[Path, None] = {}
+    found: dict[Path, Path] = {}
     for path in paths:
         for run_dir in _run_dirs_of(path, root, overrides, only):
-            found.setdefault(run_dir.resolve(), None)
-    return list(found)
+            # once per real directory, under the path it was found at: a run a grid shares through a
+            # link (experiments/store.py) is labelled by the grid it was found in (analysis.collect)
+            found.setdefault(run_dir.resolve(), run_dir.absolute())
+    return list(found.values())
 
 
 def scan_run_dirs(root: Path) -> list[Path]:
     """Folders under `root` (itself included) holding config.yaml, sorted."""
     found = []
-    for current, subdirs, files in os.walk(root):
+    for current, subdirs, files in os.walk(root, followlinks=True):  # a grid's link to a run another grid trains
         if RUN_MARKER in files:
             found.append(Path(current))
             subdirs.clear()  # a run's own folders (checkpoints/, slurm/) hold no runs

@@ -73,6 +73,10 @@ def test_a_run_two_grids_share_trains_once_and_both_grids_read_it(corpus, tmp_pa
     for grid, count in ((alpha, 1), (beta, 2)):
         runs = load_runs([grid], root=root)
         assert len(runs) == count and shared_a.config_hash in set(runs["config_hash"])
+    for found in (load_runs([beta], root=root), load_runs([root / "beta"])):  # by grid file, by folder (the link)
+        shared = found.set_index("config_hash").loc[shared_b.config_hash]
+        assert (shared["grid"], shared["name"], shared["run_id"]) == ("beta", shared_b.name, shared_b.run_id)
+    assert len(load_runs([root / "alpha", root / "beta"])) == 2  # the shared run once
     table = status(beta, root)
     assert " DONE " in _row(table, shared_b.run_id) and "not submitted" not in table
     submit(beta, root, "--force", "--only", "name=beta-p8", "--wait")  # rerun, for both grids, from beta
