@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Rebuild this folder from the two Figure 2 grids on WikiText-2 characters:
+# Rebuild this folder from the two Figure 2 grids on WikiText-2 characters (issue 11 item 2):
 #   python -m experiments.data prepare text --source ../shared/data/wikitext-2 --level char
-#   python -m slurm.submit experiments/cpu/fig2_left_wt2.yaml  --executor local --wait   (or --cluster NAME)
-#   python -m slurm.submit experiments/cpu/fig2_right_wt2.yaml --executor local --wait
+#   bash slurm/local/up.sh        # the real one-node SLURM (or --executor local --max-parallel 2)
+#   python -m slurm.submit experiments/cpu/fig2_left_wt2.yaml  --cluster local --only train.seed=0
+#   python -m slurm.submit experiments/cpu/fig2_left_wt2.yaml  --cluster local --only train.seed=1
+#   python -m slurm.submit experiments/cpu/fig2_right_wt2.yaml --cluster local
+#   python -m slurm.submit experiments/cpu/fig2_left_wt2.yaml  --cluster local --only name=attn-only-seed=2
+#   python -m slurm.submit experiments/cpu/fig2_left_wt2.yaml  --cluster local --only name=all-attn-N128-seed=2
+#   python -m slurm.submit experiments/cpu/fig2_left_wt2.yaml  --cluster local --only name=transformer-seed=2
 #   results/wt2_char/regenerate.sh [RUNS_ROOT]          (default runs/)
-# Copies every run directory (config, provenance, status, metrics, eval; no checkpoints),
-# then collects, draws Figure 2 and writes the variant reports from those copies.
+# (Without --only, fig2_left_wt2.yaml also trains seed 2 of its two other points.)
+# Copies every evaluated run directory (config, provenance, status, attempts, metrics, eval; no
+# checkpoints; the all-attention N=256 runs the two grids share are copied into both), then
+# collects, draws Figure 2 and writes the variant reports and the claims from those copies.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source experiments/env.sh
@@ -15,10 +22,10 @@ for grid in fig2_left_wt2 fig2_right_wt2; do
     rm -rf "$out/runs/$grid"
     mkdir -p "$out/runs/$grid"
     for run in "$src/$grid"/*/; do
-        [[ -f $run/status.json ]] || continue
+        [[ -f $run/eval.json ]] || continue
         dest="$out/runs/$grid/$(basename "$run")"
         mkdir -p "$dest"
-        cp "$run"/{config.yaml,provenance.json,status.json,metrics.jsonl,eval.json} "$dest"/
+        cp "$run"/{config.yaml,provenance.json,status.json,attempts.jsonl,metrics.jsonl,eval.json} "$dest"/
     done
 done
 "$PY" -m analysis.collect "$out/runs" --out "$out"
