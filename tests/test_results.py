@@ -21,7 +21,7 @@ RUN_DIRS = sorted(resolve_run_dirs([RESULTS / "runs"]))
 
 
 def test_every_run_is_done_with_its_provenance():
-    assert len(RUN_DIRS) == 23  # left: 5 points x 2 seeds + seed 2 of three; right: 5 x 2 (N=256 copied into both)
+    assert len(RUN_DIRS) == 28  # left: 5 points x 3 seeds; right: 3 points x 3 seeds + 2 x 2 (N=256 copied into both)
     for run_dir in RUN_DIRS:
         status = json.loads((run_dir / "status.json").read_text())
         provenance = json.loads((run_dir / "provenance.json").read_text())

@@ -2,14 +2,12 @@
 # Rebuild this folder from the two Figure 2 grids on WikiText-2 characters (issue 11 item 2):
 #   python -m experiments.data prepare text --source ../shared/data/wikitext-2 --level char
 #   bash slurm/local/up.sh        # the real one-node SLURM (or --executor local --max-parallel 2)
-#   python -m slurm.submit experiments/cpu/fig2_left_wt2.yaml  --cluster local --only train.seed=0
-#   python -m slurm.submit experiments/cpu/fig2_left_wt2.yaml  --cluster local --only train.seed=1
-#   python -m slurm.submit experiments/cpu/fig2_right_wt2.yaml --cluster local
-#   python -m slurm.submit experiments/cpu/fig2_left_wt2.yaml  --cluster local --only name=attn-only-seed=2
-#   python -m slurm.submit experiments/cpu/fig2_left_wt2.yaml  --cluster local --only name=all-attn-N128-seed=2
-#   python -m slurm.submit experiments/cpu/fig2_left_wt2.yaml  --cluster local --only name=transformer-seed=2
+#   python -m slurm.submit experiments/cpu/fig2_left_wt2.yaml  --cluster local     # 5 points x 3 seeds
+#   for seed in 0 1; do python -m slurm.submit experiments/cpu/fig2_right_wt2.yaml --cluster local --only train.seed=$seed; done
+#   for run in all-attn single-head attn-split; do
+#       python -m slurm.submit experiments/cpu/fig2_right_wt2.yaml --cluster local --only name=$run-seed=2; done
 #   results/wt2_char/regenerate.sh [RUNS_ROOT]          (default runs/)
-# (Without --only, fig2_left_wt2.yaml also trains seed 2 of its two other points.)
+# (These are equivalent to the submissions made, which came in several rounds: results/wt2_char/README.md.)
 # Copies every evaluated run directory (config, provenance, status, attempts, metrics, eval; no
 # checkpoints; the all-attention N=256 runs the two grids share are copied into both), then
 # collects, draws Figure 2 and writes the variant reports and the claims from those copies.
