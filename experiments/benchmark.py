@@ -39,6 +39,7 @@ from experiments.run_config import RunConfig, load_run_config
 from experiments.train_state import TrainState
 from experiments.train_step import TrainStep, apply_precision
 from model import build_model
+from model.attention import PROJECTION
 from model.errors import UserError
 from model.summary import summarize
 
@@ -110,7 +111,9 @@ OP_KINDS = (
     ("layer norm", ("aten::native_layer_norm", "aten::native_layer_norm_backward")),
     ("copy, fill, cat", ("aten::copy_", "aten::cat", "aten::fill_", "aten::zero_", "aten::index_fill_", "aten::clone")),
 )
-STEP_PARTS = (("banded attention", "_BandedAttention"), ("K/V projection", "_ContextProjection"), ("optimizer", "Optimizer."))
+STEP_PARTS = (("banded attention", "_BandedAttention"), ("K/V projection", PROJECTION), ("K/V projection", "_ContextProjection"),
+              ("optimizer", "Optimizer."))
+"""(part, event name prefix): an op counts in the part of its innermost named region."""
 
 
 def profile_breakdown(cfg: RunConfig, device: torch.device, steps: int = 3, warmup: int = 2) -> dict[str, dict[str, float]]:

@@ -49,6 +49,8 @@ TARGET_WASTE = 0.5
 useful ones: c / (K + N). Splitting the block costs more than the band saves well before
 that (results/benchmarks/README.md: 64-query chunks lose to one 128-query chunk at span
 256, N 256, where one chunk computes 25% extra scores)."""
+PROJECTION = "K/V projection"
+"""The profiler's name for the keys/values product over [cache ; block] and its gradient."""
 MIN_CHUNK = 32
 """Below this height, the per-chunk products lose more to overhead than the band saves."""
 
@@ -88,15 +90,50 @@ def context_attention(
     renormalisation must be fp32 anyway, and its hand-written kernels write into buffers
     of one dtype. The output is fp32; W_o's autocast casts it back down.
     """
-    if torch.is_autocast_enabled(q.device.type):
-        with torch.autocast(q.device.type, enabled=False):
+    return _banded(q, None, kv, None, pos, heads, span_mask, persistent, dropout, training)
+
+
+def projected_context_attention(
+    q: Tensor,
+    history: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    pos: Tensor,
+    heads: int,
+    span_mask: Tensor | None = None,
+    persistent: tuple[Tensor, Tensor] | None = None,
+    dropout: float = 0.0,
+    training: bool = False,
+) -> Tensor:
+    """`context_attention` with kv = project_context(history, x, weight) computed inside it:
+    history B x K x d (detached: no gradient), x B x M x d, weight 2d' x d (keys' rows, then
+    values'). The same math; the keys/values and their gradient are then buffers of the call,
+    written once in the head-major layout and recycled, instead of two B x (K + M) x 2d'
+    tensors per step and a copy of each (at span 2048 they were the step's largest
+    allocations). Under autocast the two products of the projection run in the autocast dtype,
+    as project_context's do. Returns B x M x d'."""
+    return _banded(q, history.detach(), x, weight, pos, heads, span_mask, persistent, dropout, training)
+
+
+def _banded(q, history, x, weight, pos, heads, span_mask, persistent, dropout, training) -> Tensor:
+    """The banded Function on [history ; x] (projected by `weight` if given), in fp32."""
+    device = q.device.type
+    if torch.is_autocast_enabled(device):
+        project_dtype = torch.get_autocast_dtype(device)
+        with torch.autocast(device, enabled=False):
             pers = None if persistent is None else (_fp32(persistent[0]), _fp32(persistent[1]))
-            return context_attention(_fp32(q), _fp32(kv), _fp32(pos), heads, _fp32(span_mask), pers, dropout, training)
-    kept = kv.shape[1] - q.shape[1]
+            rows = x if weight is not None else _fp32(x)
+            return _banded_fp32(_fp32(q), history, rows, weight, _fp32(pos), heads, _fp32(span_mask), pers, dropout, training, project_dtype)
+    return _banded_fp32(q, history, x, weight, pos, heads, span_mask, persistent, dropout, training, None)
+
+
+def _banded_fp32(q, history, x, weight, pos, heads, span_mask, persistent, dropout, training, project_dtype) -> Tensor:
+    kept = (x.shape[1] if history is None else history.shape[1] + x.shape[1]) - q.shape[1]
     pos_rev = pos[:, :kept].flip(-1)  # d_h x K: column u = distance K - u, the order of a window's keys
     mask_rev = None if span_mask is None else span_mask.flip(-1)  # H x K, same order
     keys, values = persistent if persistent is not None else (None, None)
-    return _BandedAttention.apply(q, kv, pos_rev, mask_rev, keys, values, heads, dropout if training else 0.0)
+    return _BandedAttention.apply(q, history, x, weight, project_dtype, pos_rev, mask_rev, keys, values, heads,
+                                  dropout if training else 0.0)
 
 
 class _Recycled:
@@ -136,11 +173,11 @@ class _Band:
     """Shapes and chunking of one call, the head-major copies in and out, and the views that
     place a chunk's window, its persistent slots and its distances."""
 
-    def __init__(self, q: Tensor, kv: Tensor, heads: int, pers_keys: Tensor | None):
+    def __init__(self, q: Tensor, rows: int, heads: int, pers_keys: Tensor | None):
         self.batch, self.block, width = q.shape
         self.heads, self.d_head = heads, width // heads
         self.groups = heads * self.batch  # G
-        self.rows = kv.shape[1]  # T
+        self.rows = rows  # T
         self.kept = self.rows - self.block  # K
         self.num_pers = 0 if pers_keys is None else pers_keys.shape[-1]
         self.height = chunk_height(self.block, self.kept, self.num_pers, q.device)  # c
@@ -170,11 +207,11 @@ class _Band:
             view[1, ..., self.rows :, :] = pers_values.unsqueeze(1)
         return out
 
-    def merge_context(self, grad: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """Gradient of `split_context`'s output -> (d kv B x T x 2d', d keys H x d_h x N,
+    def merge_context(self, grad: Tensor, out: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Gradient of `split_context`'s output -> (d kv B x T x 2d' in `out`, d keys H x d_h x N,
         d values H x N x d_h); the persistent slots' gradients sum over the batch."""
         grad = grad.view(2, self.heads, self.batch, self.rows + self.num_pers, self.d_head)
-        d_kv = grad.new_empty(self.batch, self.rows, 2, self.heads, self.d_head)
+        d_kv = out.view(self.batch, self.rows, 2, self.heads, self.d_head)
         d_kv.copy_(grad[..., : self.rows, :].permute(2, 3, 0, 1, 4))
         d_kv = d_kv.view(self.batch, self.rows, -1)
         if self.num_pers == 0:
@@ -226,10 +263,14 @@ class _BandedAttention(torch.autograd.Function):
     """`context_attention` on reversed positions/mask, with a hand-written backward."""
 
     @staticmethod
-    def forward(ctx, q, kv, pos_rev, mask_rev, pers_keys, pers_values, heads, dropout):
-        band = _Band(q, kv, heads, pers_keys)
+    def forward(ctx, q, history, x, weight, project_dtype, pos_rev, mask_rev, pers_keys, pers_values, heads, dropout):
+        rows = x if history is None else torch.cat([history, x], dim=1)  # B x T x 2d' (kv), or B x T x d
+        band = _Band(q, rows.shape[1], heads, pers_keys)
         qs = band.to_chunks(q, _BUFFERS.take(q, band.chunks, band.groups, band.height, band.d_head), band.d_head**-0.5)
+        kv = rows if weight is None else _project(rows, weight, project_dtype)
         context = band.split_context(kv, pers_keys, pers_values, _BUFFERS.take(q, 2, band.groups, band.rows + band.num_pers, band.d_head))
+        if weight is not None:
+            _BUFFERS.give(kv)
         probs = _BUFFERS.take(q, band.chunks, band.groups, band.height, band.row)  # n x G x c x R
         out = _BUFFERS.take(q, *qs.shape)  # n x G x c x d_h
         outside, saved = band.outside(q.device), []
@@ -241,7 +282,8 @@ class _BandedAttention(torch.autograd.Function):
             _output(band, i, used, context[1], out[i])
             saved.append(_Chunk(probs[i], renormed, norm, keep))
         ctx.band, ctx.saved, ctx.dropout, ctx.qs, ctx.context = band, saved, dropout, qs, context
-        ctx.save_for_backward(pos_rev, mask_rev)
+        ctx.project_dtype, ctx.x_dtype = project_dtype, x.dtype
+        ctx.save_for_backward(pos_rev, mask_rev, *((rows, weight) if weight is not None else ()))
         weakref.finalize(ctx, _BUFFERS.give, qs, context, probs)
         result = band.from_chunks(out)
         _BUFFERS.give(out)
@@ -250,17 +292,43 @@ class _BandedAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         band, qs, context = ctx.band, ctx.qs, ctx.context
-        pos_rev, mask_rev = ctx.saved_tensors
+        pos_rev, mask_rev, *projection = ctx.saved_tensors
         d_out = band.to_chunks(grad_out, _BUFFERS.take(qs, *qs.shape))  # n x G x c x d_h
         grads = _Grads(band, qs, mask_rev)
         for i, state in enumerate(ctx.saved):
             d_used = grads.add_values(i, state, d_out[i], context[1], ctx.dropout)  # G x c x R
             d_scores = _scores_grad(band, state, d_used, mask_rev, grads)
             grads.add_scores(i, d_scores, qs[i], context[0], pos_rev)
-        d_kv, d_pers_keys, d_pers_values = band.merge_context(grads.context)
         d_q = band.from_chunks(grads.q, band.d_head**-0.5)
+        shape = (band.batch, band.rows, 2 * band.heads * band.d_head)  # d kv is the call's own buffer if it projected
+        d_kv, d_pers_keys, d_pers_values = band.merge_context(grads.context, _BUFFERS.take(qs, *shape) if projection else qs.new_empty(shape))
         _BUFFERS.give(d_out, grads.context, grads.q, grads.d_used, grads.d_pos)
-        return d_q, d_kv, grads.pos, grads.mask, d_pers_keys, d_pers_values, None, None
+        d_x, d_weight = d_kv, None
+        if projection:
+            d_x, d_weight = _project_grad(d_kv, *projection, band.kept, ctx.project_dtype, ctx.x_dtype)
+            _BUFFERS.give(d_kv)
+        return d_q, None, d_x, d_weight, None, grads.pos, grads.mask, d_pers_keys, d_pers_values, None, None
+
+
+def _project(rows: Tensor, weight: Tensor, dtype: torch.dtype | None) -> Tensor:
+    """kv = rows W^T (B x T x d -> B x T x 2d') into a recycled buffer, in `dtype` if given."""
+    with torch.profiler.record_function(PROJECTION):
+        if dtype is not None:
+            rows, weight = rows.to(dtype), weight.to(dtype)
+        out = _BUFFERS.take(rows, *rows.shape[:2], weight.shape[0])
+        return torch.matmul(rows, weight.t(), out=out)
+
+
+def _project_grad(d_kv: Tensor, rows: Tensor, weight: Tensor, kept: int, dtype: torch.dtype | None,
+                  x_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(d x B x M x d, d weight 2d' x d) of `_project`; the detached history gets none."""
+    weight_dtype = weight.dtype
+    with torch.profiler.record_function(PROJECTION):
+        if dtype is not None:
+            d_kv, rows, weight = d_kv.to(dtype), rows.to(dtype), weight.to(dtype)
+        d_weight = _rows(d_kv).t() @ _rows(rows)  # 2d' x d
+        d_x = d_kv[:, kept:] @ weight  # B x M x d
+        return d_x.to(x_dtype), d_weight.to(weight_dtype)
 
 
 def _scores(band: _Band, chunk: int, queries: Tensor, keys: Tensor, pos_rev: Tensor, outside: Tensor, out: Tensor) -> None:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.adaptive_span import AdaptiveSpan
-from model.attention import context_attention, project_context
+from model.attention import project_context, projected_context_attention
 from model.config import ModelConfig
 from model.fused_attention import fused_context_attention
 from model.persistent import PersistentMemory
@@ -28,7 +28,7 @@ from model.persistent import PersistentMemory
 # The banded attention's hand-written autograd Function writes through strided views that
 # torch.compile cannot trace: under `train.compile` it runs eagerly between the compiled
 # graphs (the fused path, the one meant for GPUs, compiles whole).
-_banded_attention = torch.compiler.disable(context_attention)
+_banded_attention = torch.compiler.disable(projected_context_attention)
 
 # How each variant's attention sublayer uses its persistent vectors.
 PERSISTENT_MODE = {
@@ -80,17 +80,21 @@ class SelfAttention(nn.Module):
         kept, cache_size = span if span is not None else (self.kept_span(), self.cache_size())
         history = left_fit(cache, kept)  # B x K x d
         next_cache = last_positions(cache, x.detach(), cache_size)  # B x C' x d
-        kv = project_context(history, x, torch.cat([self.w_k.weight, self.w_v.weight]))  # B x (K + M) x 2d'
         q = self.w_q(x)  # B x M x d
         span_mask = self.span.mask(kept) if self.span is not None else None  # H' x K
-        return self.w_o(self._attend(q, kv, pos, span_mask)), next_cache
+        return self.w_o(self._attend(q, history, x, pos, span_mask)), next_cache
 
-    def _attend(self, q: Tensor, kv: Tensor, pos: Tensor, span_mask: Tensor | None) -> Tensor:
-        """Context attention combined with the persistent memory as the variant says; B x M x d."""
+    def _attend(self, q: Tensor, history: Tensor, x: Tensor, pos: Tensor, span_mask: Tensor | None) -> Tensor:
+        """Context attention over [history ; x] combined with the persistent memory as the
+        variant says; B x M x d."""
         joint = self.persistent.scaled() if self.mode == "joint" else None
         d_context = self.context_heads * self.d_head
-        attend = fused_context_attention if self._fused(q) else _banded_attention
-        ctx = attend(q[..., :d_context], kv, pos, self.context_heads, span_mask, joint, self.dropout, self.training)
+        w_kv = torch.cat([self.w_k.weight, self.w_v.weight])  # 2d' x d: keys, then values
+        args = (pos, self.context_heads, span_mask, joint, self.dropout, self.training)
+        if self._fused(q):
+            ctx = fused_context_attention(q[..., :d_context], project_context(history, x, w_kv), *args)  # B x (K + M) x 2d'
+        else:
+            ctx = _banded_attention(q[..., :d_context], history, x, w_kv, *args)
         if self.mode in (None, "joint"):
             return ctx  # B x M x d
         if self.mode == "heads":  # context heads first, then the persistent-only heads

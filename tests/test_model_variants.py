@@ -80,6 +80,27 @@ def test_context_attention_gradients(persistent, span, dropout, monkeypatch):
     assert torch.autograd.gradcheck(fn, (q, kv, pos, mask, keys, vals))
 
 
+@pytest.mark.parametrize("persistent", [False, True], ids=["context", "joint"])
+def test_projected_context_attention_is_projection_then_attention(persistent, monkeypatch):
+    """The banded attention that projects [cache ; block] itself (the model's CPU path) equals
+    project_context followed by context_attention, and its backward is exact (no gradient to
+    the cache, none lost to the recycled key/value buffers)."""
+    monkeypatch.setattr(attention, "MIN_CHUNK", 2)
+    gen = torch.Generator().manual_seed(1)
+    H, B, M, K, dh, N, d = 2, 2, 6, 4, 3, 3, 5
+    rand = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64, requires_grad=True)
+    q, x, weight, pos = rand(B, M, H * dh), rand(B, M, d), rand(2 * H * dh, d), rand(dh, K + 2)
+    history = torch.randn(B, K, d, generator=gen, dtype=torch.float64)
+    pers = (rand(H, dh, N), rand(H, N, dh)) if persistent else None
+
+    def fused(q, x, weight, pos):
+        return attention.projected_context_attention(q, history, x, weight, pos, H, None, pers)
+
+    expected = attention.context_attention(q, attention.project_context(history, x, weight), pos, H, None, pers)
+    torch.testing.assert_close(fused(q, x, weight, pos), expected, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(fused, (q, x, weight, pos))
+
+
 def test_context_projection_gradients():
     """Keys/values over [cache ; block] in one product; no gradient flows to the cache."""
     gen = torch.Generator().manual_seed(0)
