@@ -60,6 +60,7 @@ METADATA = {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None
 STYLE = {"svg.hashsalt": "figure2", "font.family": "DejaVu Sans", "font.size": 9}
 REFERENCE_COLOR = "dimgray"
 TEXT_LINE_INCHES = 0.15  # height of one line of the caption block at its font size
+TEXT_WIDTH = 190  # characters of one line of the caption block that fit the narrower figure
 
 
 def figure2_data(runs: pd.DataFrame, published: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -115,6 +116,7 @@ def render_figure(data: pd.DataFrame, with_published: bool, claims: pd.DataFrame
     the caption and the claims."""
     own_panel = data[data["panel"] == "published"]
     text = _caption_lines(data, with_published) + (summary_lines(claims) if claims is not None else [])
+    text = [part for line in text for part in _wrap(line)]
     height = 4.4 + TEXT_LINE_INCHES * len(text)
     figure = Figure(figsize=(11.5 if own_panel.empty else 14.5, height))
     ratios = [1.15, 1] + ([0.55] if not own_panel.empty else [])
@@ -345,7 +347,14 @@ def _caption_lines(data: pd.DataFrame, with_published: bool) -> list[str]:
         text += f"No published dev {unit} is known for {label} (the paper's Figure 2 values are not available)."
     else:
         text += "Published numbers not drawn."
-    return textwrap.wrap(text, width=190)
+    return textwrap.wrap(text, width=TEXT_WIDTH)
+
+
+def _wrap(line: str) -> list[str]:
+    """A caption or claims line in lines of at most TEXT_WIDTH characters, keeping its indent
+    and indenting its continuations two more."""
+    indent = line[: len(line) - len(line.lstrip())]
+    return textwrap.wrap(line.strip(), width=TEXT_WIDTH, initial_indent=indent, subsequent_indent=indent + "  ") or [line]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -465,6 +465,19 @@ def test_figure2_draws_points_with_intervals_labels_and_the_claims(demo_runs: pd
     assert paths[0].read_bytes() == write_figure2(data, tmp_path / "b", False, claims)[0].read_bytes()
 
 
+def test_figure2_wraps_long_claim_lines_inside_the_figure(demo_runs: pd.DataFrame) -> None:
+    """A comparison's line with a long note (head-split's, in results/wt2_char) ran off the right edge."""
+    from analysis.claims import evaluate_claims
+    from analysis.figure2 import TEXT_WIDTH, render_figure
+
+    claims = evaluate_claims(demo_runs)
+    claims.loc[claims.index[-1], "note"] = "a note long enough to need a second line " * 4
+    lines = "\n".join(t.get_text() for t in render_figure(figure2_data(demo_runs), False, claims).texts).splitlines()
+    assert max(len(line) for line in lines) <= TEXT_WIDTH
+    continued = [i for i, line in enumerate(lines) if line.startswith("        ") and "second line" in line]
+    assert continued and lines[continued[0] - 1].startswith("      ") and not lines[continued[0] - 1].startswith("        ")
+
+
 def test_folder_scan_skips_hidden_folders(tmp_path: Path) -> None:
     """`submit --force` keeps the old run under <grid>/.replaced/: a folder scan never reads it."""
     from analysis.inputs import scan_run_dirs
