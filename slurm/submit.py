@@ -439,8 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     jobs = submit_planned(args.root / grid.name, planned, profile, local, max_parallel, args.force, submission)
     if not args.wait:
         return 0
-    numbers = manifest.load_manifest(args.root / grid.name).submissions
-    return progress.wait(jobs, submission=f"#{numbers[-1].number}" if jobs and numbers else "-")
+    # record_jobs numbered this command's submission in place (another command may have recorded one since)
+    return progress.wait(jobs, submission=f"#{submission.number}" if jobs and submission.number else "-")
 
 
 def submit_planned(grid_dir: Path, planned: list[PlannedRun], profile: ClusterProfile, local: bool,
