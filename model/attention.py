@@ -107,11 +107,12 @@ def projected_context_attention(
 ) -> Tensor:
     """`context_attention` with kv = project_context(history, x, weight) computed inside it:
     history B x K x d (detached: no gradient), x B x M x d, weight 2d' x d (keys' rows, then
-    values'). The same math; the keys/values and their gradient are then buffers of the call,
-    written once in the head-major layout and recycled, instead of two B x (K + M) x 2d'
-    tensors per step and a copy of each (at span 2048 they were the step's largest
-    allocations). Under autocast the two products of the projection run in the autocast dtype,
-    as project_context's do. Returns B x M x d'."""
+    values'). The same math. Why: the B x (K + M) x 2d' keys/values and their gradient are
+    then recycled buffers of the call (_Recycled), not two fresh tensors per layer and step;
+    at span 2048 they are the step's largest (35 MB each at batch 8), and fresh ones were
+    faulted in page by page every step. (Both are still copied to and from the head-major
+    layout.) Under autocast the projection's three products (one forward, two backward) run
+    in the autocast dtype, as project_context's do. Returns B x M x d'."""
     return _banded(q, history.detach(), x, weight, pos, heads, span_mask, persistent, dropout, training)
 
 
@@ -260,7 +261,8 @@ class _Chunk:
 
 
 class _BandedAttention(torch.autograd.Function):
-    """`context_attention` on reversed positions/mask, with a hand-written backward."""
+    """`context_attention` on reversed positions/mask, with a hand-written backward; with a
+    weight, the keys/values are first projected from [history ; x] (projected_context_attention)."""
 
     @staticmethod
     def forward(ctx, q, history, x, weight, project_dtype, pos_rev, mask_rev, pers_keys, pers_values, heads, dropout):

@@ -92,7 +92,7 @@ class SelfAttention(nn.Module):
         w_kv = torch.cat([self.w_k.weight, self.w_v.weight])  # 2d' x d: keys, then values
         args = (pos, self.context_heads, span_mask, joint, self.dropout, self.training)
         if self._fused(q):
-            ctx = fused_context_attention(q[..., :d_context], project_context(history, x, w_kv), *args)  # B x (K + M) x 2d'
+            ctx = fused_context_attention(q[..., :d_context], project_context(history, x, w_kv), *args)
         else:
             ctx = _banded_attention(q[..., :d_context], history, x, w_kv, *args)
         if self.mode in (None, "joint"):

@@ -11,9 +11,11 @@ import pytest
 from tests.conftest import PROJECT_ROOT
 
 # Allocates, fills and frees a 64 MiB tensor (above glibc's largest mmap threshold) a few times
-# and prints the minor page faults of the last round.
+# and prints the minor page faults of the last round. PyTorch reads the switch at the first CPU
+# tensor, so the entry points' imports must make none before they call setup_cpu.
 _FAULTS = textwrap.dedent("""
     import os, resource, sys, torch
+    import experiments.benchmark, experiments.evaluate, experiments.train  # importing them makes no tensor
     from experiments.cpu_setup import setup_cpu
     if sys.argv[1] == "on":
         setup_cpu(1)

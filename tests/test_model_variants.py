@@ -81,7 +81,8 @@ def test_context_attention_gradients(persistent, span, dropout, monkeypatch):
 
 
 @pytest.mark.parametrize("persistent", [False, True], ids=["context", "joint"])
-def test_projected_context_attention_is_projection_then_attention(persistent, monkeypatch):
+@pytest.mark.parametrize("span", [False, True], ids=["no-span", "span"])
+def test_projected_context_attention_is_projection_then_attention(persistent, span, monkeypatch):
     """The banded attention that projects [cache ; block] itself (the model's CPU path) equals
     project_context followed by context_attention, and its backward is exact (no gradient to
     the cache, none lost to the recycled key/value buffers)."""
@@ -92,13 +93,33 @@ def test_projected_context_attention_is_projection_then_attention(persistent, mo
     q, x, weight, pos = rand(B, M, H * dh), rand(B, M, d), rand(2 * H * dh, d), rand(dh, K + 2)
     history = torch.randn(B, K, d, generator=gen, dtype=torch.float64)
     pers = (rand(H, dh, N), rand(H, N, dh)) if persistent else None
+    mask = torch.tensor([[1.0, 1.0, 0.5, 0.0], [1.0, 0.7, 0.2, 0.0]], dtype=torch.float64) if span else None
 
     def fused(q, x, weight, pos):
-        return attention.projected_context_attention(q, history, x, weight, pos, H, None, pers)
+        return attention.projected_context_attention(q, history, x, weight, pos, H, mask, pers)
 
-    expected = attention.context_attention(q, attention.project_context(history, x, weight), pos, H, None, pers)
+    expected = attention.context_attention(q, attention.project_context(history, x, weight), pos, H, mask, pers)
     torch.testing.assert_close(fused(q, x, weight, pos), expected, rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradcheck(fused, (q, x, weight, pos))
+
+
+def test_projected_context_attention_under_autocast_matches_the_separate_projection():
+    """Under bf16 autocast both project in bf16 and attend in fp32: the same outputs and gradients."""
+    gen = torch.Generator().manual_seed(2)
+    H, B, M, K, dh, d = 2, 2, 8, 8, 4, 8
+    rand = lambda *s: torch.randn(*s, generator=gen, requires_grad=True)
+    q, x, weight, pos = rand(B, M, H * dh), rand(B, M, d), rand(2 * H * dh, d), rand(dh, K)
+    history = torch.randn(B, K, d, generator=gen)
+    results = []
+    for run in (lambda: attention.projected_context_attention(q, history, x, weight, pos, H),
+                lambda: attention.context_attention(q, attention.project_context(history, x, weight), pos, H)):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = run()
+        grads = torch.autograd.grad(out.square().sum(), (q, x, weight))
+        assert out.dtype == torch.float32 and [g.dtype for g in grads] == [torch.float32] * 3
+        results.append((out, *grads))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
 
 
 def test_context_projection_gradients():
