@@ -33,7 +33,6 @@ from torch.profiler import ProfilerActivity, profile
 
 from experiments.atomic import atomic_write_text
 from experiments.cli import run_cli
-from experiments.cpu_setup import setup_cpu
 from experiments.distributed import DistContext, resolve_device
 from experiments.run_config import RunConfig, load_run_config
 from experiments.train_state import TrainState
@@ -220,7 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.steps < 1:
         raise UserError("--steps must be >= 1")
     cfg = load_run_config(args.config, args.set)
-    setup_cpu(cfg.train.threads)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     device = resolve_device("cpu" if cfg.train.device == "cpu" else "auto", 0)  # a GPU config runs on CPU without one
     result = benchmark(cfg, device, args.steps)
     breakdown = profile_breakdown(cfg, device) if args.profile else None

@@ -25,7 +25,6 @@ from typing import Sequence
 import torch
 
 from experiments.cli import run_cli
-from experiments.cpu_setup import setup_cpu
 from experiments.data import encode_text, load_corpus
 from experiments.distributed import DistContext, resolve_device
 from experiments.evaluation import SPLITS, evaluate_tokens
@@ -83,7 +82,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
-    setup_cpu(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device, 0)
     cfg = load_run_config(args.config, args.set)
     corpus = load_corpus(data_path(cfg), cfg.data.dataset)

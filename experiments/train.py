@@ -30,7 +30,6 @@ from experiments.atomic import atomic_write_json, atomic_write_text
 from experiments.checkpoint import CheckpointIncomplete
 from experiments.cli import run_cli
 from experiments.contract import check_run
-from experiments.cpu_setup import setup_cpu
 from experiments.data import Corpus, load_corpus
 from experiments.data.archive import sha256_file
 from experiments.distributed import DistContext, init_distributed, shutdown_distributed
@@ -77,7 +76,6 @@ def run_training(cfg: RunConfig, run_dir: RunDir, *, restart: bool = False) -> i
     FAILED in status.json (with the error tail that `slurm.status --tail` shows) and is said in
     one line on stderr; a full disk is that one line alone ("no space left on ... while writing ...").
     """
-    setup_cpu(cfg.train.threads)  # before any tensor (experiments/cpu_setup.py)
     ctx = init_distributed(cfg.train.device)
     setup_logging(ctx.rank)
     lock: OwnerLock | None = None
@@ -119,6 +117,8 @@ def run_training(cfg: RunConfig, run_dir: RunDir, *, restart: bool = False) -> i
 def _preflight(cfg: RunConfig, ctx: DistContext) -> Corpus:
     """The data contract against this process count (experiments/contract.py), and the data opened
     (sizes checked): read-only; the contract's warnings logged."""
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     for warning in check_run(cfg, ctx.world_size):
         if ctx.is_main:
             log.warning("%s", warning)

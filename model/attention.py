@@ -107,11 +107,12 @@ def projected_context_attention(
 ) -> Tensor:
     """`context_attention` with kv = project_context(history, x, weight) computed inside it:
     history B x K x d (detached: no gradient), x B x M x d, weight 2d' x d (keys' rows, then
-    values'). The same math. Why: the B x (K + M) x 2d' keys/values and their gradient are
-    then recycled buffers of the call (_Recycled), not two fresh tensors per layer and step;
-    at span 2048 they are the step's largest (35 MB each at batch 8), and fresh ones were
-    faulted in page by page every step. (Both are still copied to and from the head-major
-    layout.) Under autocast the projection's three products (one forward, two backward) run
+    values'). The same math. Why: [history ; x] (B x (K + M) x d), the keys/values
+    (B x (K + M) x 2d') and their gradient are then recycled buffers of the call (_Recycled),
+    not three fresh tensors per layer and step; at span 2048 they are the step's largest
+    (18, 35 and 35 MB at batch 8), and fresh ones were faulted in page by page every step
+    (results/benchmarks/README.md). (The keys/values are still copied to and from the
+    head-major layout.) Under autocast the projection's three products (one forward, two backward) run
     in the autocast dtype, as project_context's do. Returns B x M x d'."""
     return _banded(q, history.detach(), x, weight, pos, heads, span_mask, persistent, dropout, training)
 
@@ -167,7 +168,7 @@ class _Recycled:
             del self._free[: -self._keep]
 
 
-_BUFFERS = _Recycled(keep=32)
+_BUFFERS = _Recycled(keep=64)  # about 4 live per layer until its backward: 16 layers kept warm
 
 
 class _Band:
@@ -266,7 +267,9 @@ class _BandedAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, history, x, weight, project_dtype, pos_rev, mask_rev, pers_keys, pers_values, heads, dropout):
-        rows = x if history is None else torch.cat([history, x], dim=1)  # B x T x 2d' (kv), or B x T x d
+        # B x T x 2d' (kv), or B x T x d: [history ; x], a recycled buffer too (a fresh one per layer
+        # and step is faulted in afresh; at span 2048 it is 18 MB)
+        rows = x if history is None else torch.cat([history, x], dim=1, out=_BUFFERS.take(x, x.shape[0], history.shape[1] + x.shape[1], x.shape[2]))
         band = _Band(q, rows.shape[1], heads, pers_keys)
         qs = band.to_chunks(q, _BUFFERS.take(q, band.chunks, band.groups, band.height, band.d_head), band.d_head**-0.5)
         kv = rows if weight is None else _project(rows, weight, project_dtype)
@@ -284,9 +287,9 @@ class _BandedAttention(torch.autograd.Function):
             _output(band, i, used, context[1], out[i])
             saved.append(_Chunk(probs[i], renormed, norm, keep))
         ctx.band, ctx.saved, ctx.dropout, ctx.qs, ctx.context = band, saved, dropout, qs, context
-        ctx.project_dtype, ctx.x_dtype = project_dtype, x.dtype
-        ctx.save_for_backward(pos_rev, mask_rev, *((rows, weight) if weight is not None else ()))
-        weakref.finalize(ctx, _BUFFERS.give, qs, context, probs)
+        ctx.project_dtype, ctx.x_dtype, ctx.rows = project_dtype, x.dtype, rows if history is not None else None
+        ctx.save_for_backward(pos_rev, mask_rev, *((weight,) if weight is not None else ()))
+        weakref.finalize(ctx, _BUFFERS.give, qs, context, probs, *((rows,) if history is not None else ()))
         result = band.from_chunks(out)
         _BUFFERS.give(out)
         return result
@@ -294,7 +297,8 @@ class _BandedAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         band, qs, context = ctx.band, ctx.qs, ctx.context
-        pos_rev, mask_rev, *projection = ctx.saved_tensors
+        pos_rev, mask_rev, *weight = ctx.saved_tensors
+        projection = (ctx.rows, *weight) if weight else ()
         d_out = band.to_chunks(grad_out, _BUFFERS.take(qs, *qs.shape))  # n x G x c x d_h
         grads = _Grads(band, qs, mask_rev)
         for i, state in enumerate(ctx.saved):
