@@ -112,8 +112,8 @@ def projected_context_attention(
     not three fresh tensors per layer and step; at span 2048 they are the step's largest
     (18, 35 and 35 MB at batch 8), and fresh ones were faulted in page by page every step
     (results/benchmarks/README.md). (The keys/values are still copied to and from the
-    head-major layout.) Under autocast the projection's three products (one forward, two backward) run
-    in the autocast dtype, as project_context's do. Returns B x M x d'."""
+    head-major layout.) Under autocast the projection's three products (one forward, two
+    backward) run in the autocast dtype, as project_context's do. Returns B x M x d'."""
     return _banded(q, history.detach(), x, weight, pos, heads, span_mask, persistent, dropout, training)
 
 
@@ -130,6 +130,7 @@ def _banded(q, history, x, weight, pos, heads, span_mask, persistent, dropout, t
 
 
 def _banded_fp32(q, history, x, weight, pos, heads, span_mask, persistent, dropout, training, project_dtype) -> Tensor:
+    """`_banded` once its inputs are fp32: positions and mask reversed into a window's key order."""
     kept = (x.shape[1] if history is None else history.shape[1] + x.shape[1]) - q.shape[1]
     pos_rev = pos[:, :kept].flip(-1)  # d_h x K: column u = distance K - u, the order of a window's keys
     mask_rev = None if span_mask is None else span_mask.flip(-1)  # H x K, same order
