@@ -55,6 +55,13 @@ def train(config: Path, run_dir: Path, env: dict[str, str], *extra: str) -> subp
                             cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+def _last_step(run_dir: Path) -> int:
+    """The last step recorded so far; -1 before the first record (the file may exist empty)."""
+    path = run_dir / "metrics.jsonl"
+    records = read_metrics(path) if path.exists() else []
+    return records[-1]["step"] if records else -1
+
+
 def requeued_run(config: Path, run_dir: Path, env: dict[str, str]) -> None:
     """Stop the run by SIGTERM part-way, drop its newest checkpoint (as if a kill had come after
     steps recorded past the one before), resume it to the end: the resumed attempt
@@ -62,7 +69,7 @@ def requeued_run(config: Path, run_dir: Path, env: dict[str, str]) -> None:
     first = train(config, run_dir, env)
     deadline = time.time() + 180
     while first.poll() is None and time.time() < deadline:
-        if run_dir.joinpath("metrics.jsonl").exists() and read_metrics(run_dir / "metrics.jsonl")[-1]["step"] >= 35:
+        if _last_step(run_dir) >= 35:
             first.send_signal(signal.SIGTERM)
             break
         time.sleep(0.01)
