@@ -35,6 +35,7 @@ in place. Large buffers are recycled between calls (_Recycled).
 """
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import weakref
@@ -245,11 +246,19 @@ class _Band:
         """G x ... -> H x B x ... (a view)."""
         return x.view(self.heads, self.batch, *x.shape[1:])
 
-    def outside(self, device: torch.device) -> Tensor:
-        """Flat positions, in a chunk's c x R scores, of the window columns outside the band."""
-        row = torch.arange(self.height, device=device).unsqueeze(1)  # c x 1
-        col = torch.arange(self.width, device=device)  # W
-        return (row * self.row + col).masked_select((col < row) | (col >= row + self.kept))
+    def off_band(self, device: torch.device) -> Tensor:
+        """A chunk's c x R scores before its products are added: -inf at the window columns
+        outside the band, 0 elsewhere (cached per shape)."""
+        return _off_band(self.height, self.width, self.kept, self.row, device)
+
+
+@functools.lru_cache(maxsize=32)
+def _off_band(height: int, width: int, kept: int, row: int, device: torch.device) -> Tensor:
+    """`_Band.off_band`: c x R, -inf where window column col < r or col >= r + K for query row r."""
+    r = torch.arange(height, device=device).unsqueeze(1)  # c x 1
+    col = torch.arange(row, device=device)  # R
+    outside = (col < width) & ((col < r) | (col >= r + kept))
+    return torch.zeros(height, row, device=device).masked_fill_(outside, float("-inf"))
 
 
 class _Chunk:
@@ -279,9 +288,9 @@ class _BandedAttention(torch.autograd.Function):
             _BUFFERS.give(kv)
         probs = _BUFFERS.take(q, band.chunks, band.groups, band.height, band.row)  # n x G x c x R
         out = _BUFFERS.take(q, *qs.shape)  # n x G x c x d_h
-        outside, saved = band.outside(q.device), []
+        off_band, saved = band.off_band(q.device), []
         for i in range(band.chunks):
-            _scores(band, i, qs[i], context[0], pos_rev, outside, probs[i])
+            _scores(band, i, qs[i], context[0], pos_rev, off_band, probs[i])
             torch.ops.aten._softmax.out(probs[i], -1, False, out=probs[i])  # in place
             renormed, norm = _renormalise(band, probs[i], mask_rev)
             keep, used = _drop(renormed, dropout)
@@ -338,16 +347,18 @@ def _project_grad(d_kv: Tensor, rows: Tensor, weight: Tensor, kept: int, dtype: 
         return d_x.to(x_dtype), d_weight.to(weight_dtype)
 
 
-def _scores(band: _Band, chunk: int, queries: Tensor, keys: Tensor, pos_rev: Tensor, outside: Tensor, out: Tensor) -> None:
+def _scores(band: _Band, chunk: int, queries: Tensor, keys: Tensor, pos_rev: Tensor, off_band: Tensor, out: Tensor) -> None:
     """Chunk scores into `out` (G x c x R): its window's keys and the persistent slots, plus
     the position term on the band, -inf off the band."""
+    # The products add onto the -inf/0 pattern (beta = 1): one pass over the scores instead of
+    # a zeroing pass inside the GEMM (beta = 0) and then an index fill of the -inf cells.
+    out.copy_(off_band)
     for cols, rows in band.parts(chunk):
-        torch.bmm(queries, keys[:, rows].transpose(1, 2), out=out[..., cols])
+        out[..., cols].baddbmm_(queries, keys[:, rows].transpose(1, 2))
     # One product for all groups (the band's rows have no common stride), then added in place.
     pos_scores = torch.mm(queries.view(-1, band.d_head), pos_rev, out=_BUFFERS.take(out, band.groups * band.height, band.kept))
     band.distances(out).add_(pos_scores.view(band.groups, band.height, band.kept))
     _BUFFERS.give(pos_scores)
-    out.view(band.groups, -1).index_fill_(1, outside, float("-inf"))
 
 
 def _renormalise(band: _Band, probs: Tensor, mask_rev: Tensor | None) -> tuple[Tensor, Tensor | None]:
