@@ -36,6 +36,7 @@ in place. Large buffers are recycled between calls (_Recycled).
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import threading
 import weakref
@@ -108,13 +109,14 @@ def projected_context_attention(
 ) -> Tensor:
     """`context_attention` with kv = project_context(history, x, weight) computed inside it:
     history B x K x d (detached: no gradient), x B x M x d, weight 2d' x d (keys' rows, then
-    values'). The same math. Why: [history ; x] (B x (K + M) x d), the keys/values
-    (B x (K + M) x 2d') and their gradient are then recycled buffers of the call (_Recycled),
-    not three fresh tensors per layer and step; at span 2048 they are the step's largest
-    (18, 35 and 35 MB at batch 8), and fresh ones were faulted in page by page every step
-    (results/benchmarks/README.md). (The keys/values are still copied to and from the
-    head-major layout.) Under autocast the projection's three products (one forward, two
-    backward) run in the autocast dtype, as project_context's do. Returns B x M x d'."""
+    values'). The same math. Why: the keys/values (B x (K + M) x 2d') and their gradient are
+    then recycled buffers of the call (_Recycled), not fresh tensors per layer and step; at
+    span 2048 they are the step's largest (35 MB each at batch 8), and fresh ones were faulted
+    in page by page every step (results/benchmarks/README.md). History and x are projected
+    apart (no [history ; x] copy), so d x is the block part's gradient times the weight,
+    without a strided copy. (The keys/values are still copied to and from the head-major
+    layout.) Under autocast the projection's products run in the autocast dtype, as
+    project_context's do. Returns B x M x d'."""
     return _banded(q, history.detach(), x, weight, pos, heads, span_mask, persistent, dropout, training)
 
 
@@ -201,27 +203,34 @@ class _Band:
         out = torch.mul(parts, scale, out=x.new_empty(parts.shape))  # B x n x c x H x d_h
         return out.view(self.batch, self.block, -1)
 
-    def split_context(self, kv: Tensor, pers_keys: Tensor | None, pers_values: Tensor | None, out: Tensor) -> Tensor:
-        """Keys and values into `out`, 2 x G x (T + N) x d_h: the rows of kv (B x T x 2d'), then
-        the persistent slots (the same for every batch element)."""
+    def split_context(self, parts: list[tuple[slice, Tensor]], pers_keys: Tensor | None, pers_values: Tensor | None,
+                      out: Tensor) -> Tensor:
+        """Keys and values into `out`, 2 x G x (T + N) x d_h: each (rows, kv B x rows x 2d') part
+        of the T rows, then the persistent slots (the same for every batch element)."""
         view = out.view(2, self.heads, self.batch, self.rows + self.num_pers, self.d_head)
-        view[..., : self.rows, :] = kv.reshape(self.batch, self.rows, 2, self.heads, self.d_head).permute(2, 3, 0, 1, 4)
+        for rows, kv in parts:
+            view[..., rows, :] = kv.reshape(self.batch, -1, 2, self.heads, self.d_head).permute(2, 3, 0, 1, 4)
         if pers_keys is not None:
             view[0, ..., self.rows :, :] = pers_keys.transpose(1, 2).unsqueeze(1)  # H x 1 x N x d_h
             view[1, ..., self.rows :, :] = pers_values.unsqueeze(1)
         return out
 
-    def merge_context(self, grad: Tensor, out: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """Gradient of `split_context`'s output -> (d kv B x T x 2d' in `out`, d keys H x d_h x N,
-        d values H x N x d_h); the persistent slots' gradients sum over the batch."""
+    def merge_context(self, grad: Tensor, parts: list[tuple[slice, Tensor]]) -> tuple[Tensor | None, Tensor | None]:
+        """Gradient of `split_context`'s output -> d kv of each (rows, out B x rows x 2d') part,
+        written into its `out`; returns (d keys H x d_h x N, d values H x N x d_h), the persistent
+        slots' gradients summed over the batch."""
         grad = grad.view(2, self.heads, self.batch, self.rows + self.num_pers, self.d_head)
-        d_kv = out.view(self.batch, self.rows, 2, self.heads, self.d_head)
-        d_kv.copy_(grad[..., : self.rows, :].permute(2, 3, 0, 1, 4))
-        d_kv = d_kv.view(self.batch, self.rows, -1)
+        for rows, out in parts:
+            out.view(self.batch, -1, 2, self.heads, self.d_head).copy_(grad[..., rows, :].permute(2, 3, 0, 1, 4))
         if self.num_pers == 0:
-            return d_kv, None, None
+            return None, None
         d_pers = grad[..., self.rows :, :].sum(2)  # 2 x H x N x d_h
-        return d_kv, d_pers[0].transpose(1, 2), d_pers[1]
+        return d_pers[0].transpose(1, 2), d_pers[1]
+
+    def kv_parts(self, rows: list[Tensor], width: int) -> list[tuple[slice, Tensor]]:
+        """(key rows, recycled B x rows x `width` buffer) for each of [history ; x]'s parts."""
+        bounds = [0, *itertools.accumulate(part.shape[1] for part in rows)]
+        return [(slice(a, b), _BUFFERS.take(rows[0], self.batch, b - a, width)) for a, b in zip(bounds, bounds[1:])]
 
     def parts(self, chunk: int) -> list[tuple[slice, slice]]:
         """(columns of the chunk's scores, the key/value rows they read): its window, then the
@@ -277,15 +286,14 @@ class _BandedAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, history, x, weight, project_dtype, pos_rev, mask_rev, pers_keys, pers_values, heads, dropout):
-        # B x T x 2d' (kv), or B x T x d: [history ; x], a recycled buffer too (a fresh one per layer
-        # and step is faulted in afresh; at span 2048 it is 18 MB)
-        rows = x if history is None else torch.cat([history, x], dim=1, out=_BUFFERS.take(x, x.shape[0], history.shape[1] + x.shape[1], x.shape[2]))
-        band = _Band(q, rows.shape[1], heads, pers_keys)
+        # kv B x T x 2d' (context_attention), or the keys/values of history and of x, projected apart
+        # (two products, no [history ; x] copy; d x is then the block part's gradient times the weight)
+        band = _Band(q, x.shape[1] + (0 if history is None else history.shape[1]), heads, pers_keys)
         qs = band.to_chunks(q, _BUFFERS.take(q, band.chunks, band.groups, band.height, band.d_head), band.d_head**-0.5)
-        kv = rows if weight is None else _project(rows, weight, project_dtype)
-        context = band.split_context(kv, pers_keys, pers_values, _BUFFERS.take(q, 2, band.groups, band.rows + band.num_pers, band.d_head))
+        parts = [(slice(0, band.rows), x)] if weight is None else _project([history, x], weight, project_dtype, band)
+        context = band.split_context(parts, pers_keys, pers_values, _BUFFERS.take(q, 2, band.groups, band.rows + band.num_pers, band.d_head))
         if weight is not None:
-            _BUFFERS.give(kv)
+            _BUFFERS.give(*(kv for _, kv in parts))
         probs = _BUFFERS.take(q, band.chunks, band.groups, band.height, band.row)  # n x G x c x R
         out = _BUFFERS.take(q, *qs.shape)  # n x G x c x d_h
         off_band, saved = band.off_band(q.device), []
@@ -297,9 +305,9 @@ class _BandedAttention(torch.autograd.Function):
             _output(band, i, used, context[1], out[i])
             saved.append(_Chunk(probs[i], renormed, norm, keep))
         ctx.band, ctx.saved, ctx.dropout, ctx.qs, ctx.context = band, saved, dropout, qs, context
-        ctx.project_dtype, ctx.x_dtype, ctx.rows = project_dtype, x.dtype, rows if history is not None else None
-        ctx.save_for_backward(pos_rev, mask_rev, *((weight,) if weight is not None else ()))
-        weakref.finalize(ctx, _BUFFERS.give, qs, context, probs, *((rows,) if history is not None else ()))
+        ctx.project_dtype, ctx.x_dtype = project_dtype, x.dtype
+        ctx.save_for_backward(pos_rev, mask_rev, *((history, x, weight) if weight is not None else ()))
+        weakref.finalize(ctx, _BUFFERS.give, qs, context, probs)
         result = band.from_chunks(out)
         _BUFFERS.give(out)
         return result
@@ -307,8 +315,7 @@ class _BandedAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         band, qs, context = ctx.band, ctx.qs, ctx.context
-        pos_rev, mask_rev, *weight = ctx.saved_tensors
-        projection = (ctx.rows, *weight) if weight else ()
+        pos_rev, mask_rev, *projection = ctx.saved_tensors  # (history, x, weight) if it projected
         d_out = band.to_chunks(grad_out, _BUFFERS.take(qs, *qs.shape))  # n x G x c x d_h
         grads = _Grads(band, qs, mask_rev)
         for i, state in enumerate(ctx.saved):
@@ -316,34 +323,42 @@ class _BandedAttention(torch.autograd.Function):
             d_scores = _scores_grad(band, state, d_used, mask_rev, grads)
             grads.add_scores(i, d_scores, qs[i], context[0], pos_rev)
         d_q = band.from_chunks(grads.q, band.d_head**-0.5)
-        shape = (band.batch, band.rows, 2 * band.heads * band.d_head)  # d kv is the call's own buffer if it projected
-        d_kv, d_pers_keys, d_pers_values = band.merge_context(grads.context, _BUFFERS.take(qs, *shape) if projection else qs.new_empty(shape))
+        width = 2 * band.heads * band.d_head  # d kv: the call's own buffers if it projected
+        parts = band.kv_parts(projection[:2], width) if projection else [(slice(0, band.rows), qs.new_empty(band.batch, band.rows, width))]
+        d_pers_keys, d_pers_values = band.merge_context(grads.context, parts)
         _BUFFERS.give(d_out, grads.context, grads.q, grads.d_used, grads.d_pos)
-        d_x, d_weight = d_kv, None
+        d_x, d_weight = parts[-1][1], None
         if projection:
-            d_x, d_weight = _project_grad(d_kv, *projection, band.kept, ctx.project_dtype, ctx.x_dtype)
-            _BUFFERS.give(d_kv)
+            d_x, d_weight = _project_grad([d_kv for _, d_kv in parts], *projection, ctx.project_dtype, ctx.x_dtype)
+            _BUFFERS.give(*(d_kv for _, d_kv in parts))
         return d_q, None, d_x, d_weight, None, grads.pos, grads.mask, d_pers_keys, d_pers_values, None, None
 
 
-def _project(rows: Tensor, weight: Tensor, dtype: torch.dtype | None) -> Tensor:
-    """kv = rows W^T (B x T x d -> B x T x 2d') into a recycled buffer, in `dtype` if given."""
+def _project(rows: list[Tensor], weight: Tensor, dtype: torch.dtype | None, band: _Band) -> list[tuple[slice, Tensor]]:
+    """Keys/values of [history ; x] (B x K x d, B x M x d) by weight (2d' x d): one product per
+    part, each into a recycled buffer, in `dtype` if given; returns `_Band.kv_parts`."""
     with torch.profiler.record_function(PROJECTION):
         if dtype is not None:
-            rows, weight = rows.to(dtype), weight.to(dtype)
-        out = _BUFFERS.take(rows, *rows.shape[:2], weight.shape[0])
-        return torch.matmul(rows, weight.t(), out=out)
+            rows, weight = [part.to(dtype) for part in rows], weight.to(dtype)
+        parts = band.kv_parts(rows, weight.shape[0])
+        for part, (_, out) in zip(rows, parts):
+            torch.mm(_rows(part), weight.t(), out=_rows(out))
+        return parts
 
 
-def _project_grad(d_kv: Tensor, rows: Tensor, weight: Tensor, kept: int, dtype: torch.dtype | None,
+def _project_grad(d_kv: list[Tensor], history: Tensor, x: Tensor, weight: Tensor, dtype: torch.dtype | None,
                   x_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """(d x B x M x d, d weight 2d' x d) of `_project`; the detached history gets none."""
+    """(d x B x M x d, d weight 2d' x d) of `_project` from the parts' d kv (B x K x 2d',
+    B x M x 2d'); the detached history gets none."""
     weight_dtype = weight.dtype
     with torch.profiler.record_function(PROJECTION):
-        if dtype is not None:
-            d_kv, rows, weight = d_kv.to(dtype), rows.to(dtype), weight.to(dtype)
-        d_weight = _rows(d_kv).t() @ _rows(rows)  # 2d' x d
-        d_x = d_kv[:, kept:] @ weight  # B x M x d
+        if dtype is None:
+            d_weight = _rows(d_kv[0]).t() @ _rows(history)  # 2d' x d
+            d_weight.addmm_(_rows(d_kv[1]).t(), _rows(x))
+        else:  # one product, rounded to `dtype` once, as project_context's backward
+            d_kv, weight = [d.to(dtype) for d in d_kv], weight.to(dtype)
+            d_weight = _rows(torch.cat(d_kv, dim=1)).t() @ _rows(torch.cat([history, x], dim=1).to(dtype))
+        d_x = d_kv[1] @ weight  # B x M x d
         return d_x.to(x_dtype), d_weight.to(weight_dtype)
 
 
