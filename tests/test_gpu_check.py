@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 
 import torch
@@ -50,3 +51,19 @@ def test_benchmark_times_the_trainers_step_in_its_precision():
     assert result["tokens_per_s"] > 0 and 0 < result["model_mfu"] and result["matmul_gflops"] > 0
     assert result["memory_source"] == "process_peak_rss" and result["peak_memory_mb"] > 0
     torch.set_float32_matmul_precision("highest")
+
+
+def test_benchmark_ab_alternates_two_attention_files_in_one_process(tmp_path):
+    """The same file on both sides: bit-identical losses, a ratio printed; a bad --old is one line."""
+    args = [sys.executable, "-m",
+            "experiments.benchmark_ab", "experiments/cpu/bench_small.yaml", "--rounds", "4",
+            "--set", "model.num_layers=1", "--set", "model.d_model=32", "--set", "model.attn_span=16",
+            "--set", "model.num_persistent=8", "--set", "train.block_size=8", "--set", "train.batch_size=2"]
+    run = lambda *extra: subprocess.run([*args, *extra], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    same = run("--old", "model/attention.py")
+    assert same.returncode == 0, same.stderr[-3000:]
+    assert "old/new per round: median" in same.stdout and "largest loss difference 0.00e+00" in same.stdout
+    (tmp_path / "other.py").write_text("x = 1\n")
+    for old, message in ((tmp_path / "missing.py", "no file"), (tmp_path / "other.py", "no projected_context_attention")):
+        bad = run("--old", str(old))
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and message in bad.stderr, bad.stderr
