@@ -227,10 +227,11 @@ class _Band:
         d_pers = grad[..., self.rows :, :].sum(2)  # 2 x H x N x d_h
         return d_pers[0].transpose(1, 2), d_pers[1]
 
-    def kv_parts(self, rows: list[Tensor], width: int) -> list[tuple[slice, Tensor]]:
-        """(key rows, recycled B x rows x `width` buffer) for each of [history ; x]'s parts."""
+    def kv_parts(self, rows: list[Tensor], width: int, like: Tensor) -> list[tuple[slice, Tensor]]:
+        """(key rows, recycled B x rows x `width` buffer of `like`'s dtype) for each of
+        [history ; x]'s parts."""
         bounds = [0, *itertools.accumulate(part.shape[1] for part in rows)]
-        return [(slice(a, b), _BUFFERS.take(rows[0], self.batch, b - a, width)) for a, b in zip(bounds, bounds[1:])]
+        return [(slice(a, b), _BUFFERS.take(like, self.batch, b - a, width)) for a, b in zip(bounds, bounds[1:])]
 
     def parts(self, chunk: int) -> list[tuple[slice, slice]]:
         """(columns of the chunk's scores, the key/value rows they read): its window, then the
@@ -324,7 +325,7 @@ class _BandedAttention(torch.autograd.Function):
             grads.add_scores(i, d_scores, qs[i], context[0], pos_rev)
         d_q = band.from_chunks(grads.q, band.d_head**-0.5)
         width = 2 * band.heads * band.d_head  # d kv: the call's own buffers if it projected
-        parts = band.kv_parts(projection[:2], width) if projection else [(slice(0, band.rows), qs.new_empty(band.batch, band.rows, width))]
+        parts = band.kv_parts(projection[:2], width, qs) if projection else [(slice(0, band.rows), qs.new_empty(band.batch, band.rows, width))]
         d_pers_keys, d_pers_values = band.merge_context(grads.context, parts)
         _BUFFERS.give(d_out, grads.context, grads.q, grads.d_used, grads.d_pos)
         d_x, d_weight = parts[-1][1], None
@@ -340,7 +341,7 @@ def _project(rows: list[Tensor], weight: Tensor, dtype: torch.dtype | None, band
     with torch.profiler.record_function(PROJECTION):
         if dtype is not None:
             rows, weight = [part.to(dtype) for part in rows], weight.to(dtype)
-        parts = band.kv_parts(rows, weight.shape[0])
+        parts = band.kv_parts(rows, weight.shape[0], rows[0])
         for part, (_, out) in zip(rows, parts):
             torch.mm(_rows(part), weight.t(), out=_rows(out))
         return parts
