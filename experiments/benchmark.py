@@ -207,6 +207,15 @@ def append_csv(path: Path, row: dict[str, Any]) -> None:
     atomic_write_text(path, out.getvalue())
 
 
+def bench_config(path: str, overrides: Sequence[str]) -> RunConfig:
+    """A benchmark command's run config, its `train.threads` applied to this process.
+    Raises UserError for a bad config or override."""
+    cfg = load_run_config(path, list(overrides))
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    return cfg
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.benchmark", description=__doc__.split("\n")[0])
     parser.add_argument("config", help="run config YAML")
@@ -218,9 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 1:
         raise UserError("--steps must be >= 1")
-    cfg = load_run_config(args.config, args.set)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    cfg = bench_config(args.config, args.set)
     device = resolve_device("cpu" if cfg.train.device == "cpu" else "auto", 0)  # a GPU config runs on CPU without one
     result = benchmark(cfg, device, args.steps)
     breakdown = profile_breakdown(cfg, device) if args.profile else None

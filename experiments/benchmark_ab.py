@@ -23,10 +23,10 @@ from typing import Callable, Sequence
 import torch
 
 import model.layers
-from experiments.benchmark import random_tokens
+from experiments.benchmark import bench_config, random_tokens
 from experiments.cli import run_cli
 from experiments.distributed import DistContext
-from experiments.run_config import RunConfig, load_run_config
+from experiments.run_config import RunConfig
 from experiments.train_state import TrainState
 from experiments.train_step import TrainStep
 from model import build_model
@@ -80,9 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 4:
         raise UserError("--rounds must be >= 4 (quartiles)")
-    cfg = load_run_config(args.config, args.set)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    cfg = bench_config(args.config, args.set)
     versions = {"old": load_attention(args.old), "new": model.layers._banded_attention}
     try:
         times = alternate(cfg, versions, args.rounds)
