@@ -72,6 +72,17 @@ def parse_yaml(text: str, source: str = "<string>") -> Any:
         raise ConfigError("", f"invalid YAML at {where}: {problem}") from None
 
 
+def read_text(path: Path) -> str:
+    """The UTF-8 text of a config file. Raises ConfigError naming the file if it cannot be
+    read or is not UTF-8 (a binary or Latin-1 file given by mistake)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError("", f"{path} is not UTF-8 text (byte {err.start}: {err.object[err.start:err.start + 1]!r})") from None
+    except OSError as err:
+        raise ConfigError("", f"cannot read {path}: {err.strerror or err}") from None
+
+
 def read_yaml_file(path: str | Path) -> dict:
     """Read a YAML mapping from a file, resolving `base:` inheritance."""
     return _read_with_bases(Path(path), chain=())
@@ -83,7 +94,7 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict:
         raise ConfigError("base", f"inheritance cycle: {' -> '.join(p.name for p in chain + (path,))}")
     if not path.is_file():
         raise ConfigError("", f"config file not found: {path}")
-    data = parse_yaml(path.read_text(encoding="utf-8"), source=str(path))
+    data = parse_yaml(read_text(path), source=str(path))
     if not isinstance(data, dict):
         raise ConfigError("", f"{path} must hold a YAML mapping, got {type(data).__name__}")
     base = data.pop("base", None)

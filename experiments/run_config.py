@@ -24,7 +24,7 @@ from typing import Iterable
 
 import yaml
 
-from experiments.config import build, load_config, parse_yaml, read_yaml_file, to_dict
+from experiments.config import build, load_config, parse_yaml, read_text, read_yaml_file, to_dict
 from experiments.data import DataConfig
 from experiments.evaluation import EvalConfig
 from experiments.log_config import LogConfig
@@ -162,7 +162,7 @@ def refuse_grid_file(path: str | Path) -> None:
         count *= len(values) if isinstance(values, list) else 1
     names = [str(run["name"]) for run in runs if isinstance(run, dict) and "name" in run]
     listed = f": {', '.join(names)}" if names else ""
-    base = (parse_yaml(Path(path).read_text(encoding="utf-8"), str(path)) or {}).get("base")
+    base = (parse_yaml(read_text(Path(path)), str(path)) or {}).get("base")
     example = _example_run(runs, sweep, seeds)
     one_run = (f"point at its base config {Path(path).parent / base} with the run's values as --set"
                if isinstance(base, str) else f"use a copy of it without its {', '.join(keys)} keys, with the run's "

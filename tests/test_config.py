@@ -137,6 +137,19 @@ def test_cli_reports_one_line_and_exit_2(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("content", [b"\xff\xfe model: {}\n", "model:\n  name: caf\xe9\n".encode("latin-1")])
+def test_config_file_that_is_not_utf8_is_one_config_error(tmp_path, content):
+    """A binary or Latin-1 file given as a config (or as a base) is named, not a UnicodeDecodeError."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(content)
+    with pytest.raises(ConfigError, match="bad.yaml is not UTF-8 text"):
+        load_run_config(bad)
+    child = tmp_path / "child.yaml"
+    child.write_text("base: bad.yaml\n")
+    with pytest.raises(ConfigError, match="bad.yaml is not UTF-8 text"):
+        load_run_config(child)
+
+
 AUTHORS_PARAMS = {  # the authors' released code's count for the same geometry and vocabulary (V 205 / 27 / 267,735)
     "enwik8_small": 38_501_725, "enwik8_large": 114_017_773, "text8_small": 38_319_275,
     "text8_large": 113_835_323, "wikitext103": 132_493_746,
