@@ -32,7 +32,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from experiments.atomic import atomic_write_text
-from experiments.cli import run_cli
+from experiments.cli import output_file, run_cli
 from experiments.distributed import DistContext, resolve_device
 from experiments.run_config import RunConfig, load_run_config
 from experiments.train_state import TrainState
@@ -227,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 1:
         raise UserError("--steps must be >= 1")
+    output_file(args.csv, "--csv")
     cfg = bench_config(args.config, args.set)
     device = resolve_device("cpu" if cfg.train.device == "cpu" else "auto", 0)  # a GPU config runs on CPU without one
     result = benchmark(cfg, device, args.steps)

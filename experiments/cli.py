@@ -7,6 +7,7 @@ where a traceback buries the cause.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from model.errors import UserError
@@ -23,3 +24,15 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+def output_file(path: Path | None, flag: str) -> Path | None:
+    """`path` (None stays None) if a file can be written there. Raises UserError, before any
+    compute, if it is a directory or its folder is a file."""
+    if path is None:
+        return None
+    if path.is_dir():
+        raise UserError(f"{flag}: {path} is a directory, not a file")
+    if any(parent.exists() and not parent.is_dir() for parent in path.parents):
+        raise UserError(f"{flag}: cannot write {path}: a folder on its path is a file")
+    return path

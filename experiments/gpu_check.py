@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from experiments.benchmark import benchmark, machine
-from experiments.cli import run_cli
+from experiments.cli import output_file, run_cli
 from experiments.config import read_yaml_file
 from experiments.distributed import DistContext, resolve_device
 from experiments.run_config import RunConfig, run_config_from_dict
@@ -261,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device, 0)
     steps = args.steps or (3 if args.small else 50)
-    report = Report(args.out)
+    report = Report(output_file(args.out, "--out"))
     started = time.perf_counter()
     report({"check": "machine", "device": machine(device), "torch": torch.__version__, "cuda": torch.version.cuda,
             "small": args.small, "time": time.time()})

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 
+import pytest
 import torch
 
+from experiments import benchmark_ab
 from experiments.benchmark import benchmark
+from experiments.benchmark import main as benchmark_main
+from experiments.gpu_check import main as gpu_check_main
+from experiments.cli import run_cli
 from experiments.run_config import run_config_from_dict
 from tests.conftest import PROJECT_ROOT
 from tests.model_helpers import VARIANTS
@@ -53,17 +57,50 @@ def test_benchmark_times_the_trainers_step_in_its_precision():
     torch.set_float32_matmul_precision("highest")
 
 
-def test_benchmark_ab_alternates_two_attention_files_in_one_process(tmp_path):
-    """The same file on both sides: bit-identical losses, a ratio printed; a bad --old is one line."""
-    args = [sys.executable, "-m",
-            "experiments.benchmark_ab", "experiments/cpu/bench_small.yaml", "--rounds", "4",
+def test_benchmark_ab_alternates_two_attention_files_in_one_process(tmp_path, capsys):
+    """The same file on both sides: identical losses (dropout included), a ratio printed; every bad
+    --old, a GPU config and the fused attention are one line and exit 2, before any step."""
+    args = [str(PROJECT_ROOT / "experiments/cpu/bench_small.yaml"), "--rounds", "8",
             "--set", "model.num_layers=1", "--set", "model.d_model=32", "--set", "model.attn_span=16",
             "--set", "model.num_persistent=8", "--set", "train.block_size=8", "--set", "train.batch_size=2"]
-    run = lambda *extra: subprocess.run([*args, *extra], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
-    same = run("--old", "model/attention.py")
-    assert same.returncode == 0, same.stderr[-3000:]
-    assert "old/new per round: median" in same.stdout and "largest loss difference 0.00e+00" in same.stdout
-    (tmp_path / "other.py").write_text("x = 1\n")
-    for old, message in ((tmp_path / "missing.py", "no file"), (tmp_path / "other.py", "no projected_context_attention")):
-        bad = run("--old", str(old))
-        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and message in bad.stderr, bad.stderr
+
+    def run(*extra: str) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exit:
+            run_cli(benchmark_ab.main, [*args, *extra])
+        out = capsys.readouterr()
+        return exit.value.code, out.out, out.err
+
+    code, out, err = run("--old", str(PROJECT_ROOT / "model/attention.py"), "--set", "model.dropout=0.3")
+    assert code == 0, err
+    assert "old/new per round: median" in out and "loss difference at step 1 0.00e+00, largest 0.00e+00" in out
+    files = {"other.py": "x = 1\n", "raises.py": "raise RuntimeError('boom')\n", "exits.py": "import sys\nsys.exit(5)\n",
+             "syntax.py": "def f(:\n", "notes.txt": "hello\n", "signature.py": "def projected_context_attention(a):\n    pass\n"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    own = str(PROJECT_ROOT / "model/attention.py")
+    cases = [(("--old", str(tmp_path / "missing.py")), "no file"),
+             (("--old", str(tmp_path / "other.py")), "no function projected_context_attention"),
+             (("--old", str(tmp_path / "raises.py")), "fails to import: RuntimeError: boom"),
+             (("--old", str(tmp_path / "exits.py")), "fails to import: SystemExit"),
+             (("--old", str(tmp_path / "syntax.py")), "fails to import: SyntaxError"),
+             (("--old", str(tmp_path / "notes.txt")), "fails to import: NameError"),
+             (("--old", str(tmp_path / "signature.py")), "takes (a), this tree's (q, history"),
+             (("--old", own, "--set", "train.device=cuda"), "train.device is cuda"),
+             (("--old", own, "--set", "model.attention=fused"), "model.attention is fused"),
+             (("--old", own, "--rounds", "4"), "--rounds must be >= 8")]
+    for extra, message in cases:
+        code, _, err = run(*extra)
+        assert code == 2 and err.count("\n") == 1 and message in err, (extra, err)
+
+
+@pytest.mark.parametrize("command, flag", [(benchmark_main, "--csv"), (gpu_check_main, "--out")])
+def test_output_file_that_is_a_directory_is_one_line_before_any_step(tmp_path, capsys, command, flag):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for target, message in ((tmp_path, "is a directory"), (blocker / "x.jsonl", "a folder on its path is a file")):
+        args = ([str(PROJECT_ROOT / "experiments/cpu/bench_small.yaml")] if command is benchmark_main
+                else ["--device", "cpu", "--small"])
+        with pytest.raises(SystemExit) as exit:
+            run_cli(command, [*args, flag, str(target)])
+        err = capsys.readouterr().err
+        assert exit.value.code == 2 and err.count("\n") == 1 and message in err and flag in err
