@@ -1,7 +1,8 @@
 # Source this to get the project's virtual environment in .venv, created or
 # updated from requirements.txt (and requirements-tracking.txt, the optional
 # TensorBoard / W&B packages, when it exists) whenever either file changes
-# (Python 3.11; torch pinned to the CPU build).
+# (Python 3.11; torch pinned to 2.13.0: pip takes the CPU build where the index or wheel
+# folder offers it, as on these machines; on a plain PyPI machine it is the CUDA wheel).
 # Usage: source experiments/env.sh    then use "$PY".
 _root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _venv="$_root/.venv"
