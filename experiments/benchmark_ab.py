@@ -75,11 +75,11 @@ def check_config(cfg: RunConfig) -> None:
         raise UserError(f"benchmark_ab swaps the banded attention, but model.attention is {used} (the step would not call it)")
 
 
-def alternate(cfg: RunConfig, versions: dict[str, Callable], rounds: int) -> dict[str, list[float]]:
-    """Seconds and losses of each version's step, `rounds` + WARMUP_ROUNDS rounds, order swapped
-    every round; the warm-up rounds' times are dropped (their losses kept). Each version keeps its own random-number
-    state (dropout), so one file against itself gives identical losses.
-    Returns {version: [seconds...], version + ' loss': [...]}."""
+def alternate(cfg: RunConfig, versions: dict[str, Callable], rounds: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """(seconds, losses) of each version's steps: `rounds` + WARMUP_ROUNDS rounds, the order
+    swapped every round; the warm-up rounds' seconds are dropped, their losses kept. Each
+    version keeps its own random-number state (dropout), so one file against itself gives
+    identical losses."""
     device = torch.device("cpu")
     steps, rng = {}, {}
     for name in versions:
@@ -87,7 +87,8 @@ def alternate(cfg: RunConfig, versions: dict[str, Callable], rounds: int) -> dic
         steps[name] = (TrainStep(cfg, build_model(cfg.model), random_tokens(cfg, rounds + WARMUP_ROUNDS + 1),
                                  DistContext(rank=0, world_size=1, device=device)), TrainState())
         rng[name] = torch.get_rng_state()
-    out: dict[str, list[float]] = {key: [] for name in versions for key in (name, name + " loss")}
+    seconds: dict[str, list[float]] = {name: [] for name in versions}
+    losses: dict[str, list[float]] = {name: [] for name in versions}
     names = list(versions)
     for i in range(rounds + WARMUP_ROUNDS):
         for name in names if i % 2 == 0 else names[::-1]:
@@ -98,9 +99,9 @@ def alternate(cfg: RunConfig, versions: dict[str, Callable], rounds: int) -> dic
             loss = update(state, 1.0)
             rng[name] = torch.get_rng_state()
             if i >= WARMUP_ROUNDS:
-                out[name].append(time.perf_counter() - start)
-            out[name + " loss"].append(float(loss))
-    return out
+                seconds[name].append(time.perf_counter() - start)
+            losses[name].append(float(loss))
+    return seconds, losses
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -116,12 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_config(cfg)
     versions = {"old": load_attention(args.old), "new": model.layers._banded_attention}
     try:
-        times = alternate(cfg, versions, args.rounds)
+        times, losses = alternate(cfg, versions, args.rounds)
     finally:
         model.layers._banded_attention = versions["new"]
     ratios = [old / new for old, new in zip(times["old"], times["new"])]
     low, _, high = statistics.quantiles(ratios, n=4)
-    loss_diff = [abs(a - b) for a, b in zip(times["old loss"], times["new loss"])]
+    loss_diff = [abs(a - b) for a, b in zip(losses["old"], losses["new"])]
     print(f"{cfg.name}, span {cfg.model.attn_span}: old {1e3 * statistics.median(times['old']):.1f} ms/step, "
           f"new {1e3 * statistics.median(times['new']):.1f} ms/step; old/new per round: median "
           f"{statistics.median(ratios):.3f} (quartiles {low:.3f}-{high:.3f}, {args.rounds} rounds); "
