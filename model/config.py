@@ -22,6 +22,9 @@ VARIANTS = (
 PERSISTENT_VARIANTS = ("all_attention", "attn_split", "head_split", "single_head", "ffn_attn")
 OUTPUTS = ("softmax", "adaptive")
 ATTENTION_IMPLEMENTATIONS = ("banded", "fused", "auto")
+MAX_SIZE = 2**30
+"""Largest size field: every weight spans at most two of them, so its size in bytes stays within
+int64 (beyond it, building the model fails with an overflow, even on the meta device)."""
 
 
 @dataclass
@@ -113,6 +116,9 @@ class ModelConfig:
                 raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
         if self.vocab_size < 2:
             raise ConfigError("vocab_size", f"must be >= 2, got {self.vocab_size}")
+        for name in ("vocab_size", "num_layers", "d_model", "num_heads", "attn_span", "num_persistent", "ffn_size"):
+            if (getattr(self, name) or 0) > MAX_SIZE:
+                raise ConfigError(name, f"must be <= {MAX_SIZE} (a tensor dimension), got {getattr(self, name)}")
         if self.d_model % self.num_heads:
             raise ConfigError("num_heads", f"{self.num_heads} does not divide d_model={self.d_model}")
         for name in ("dropout", "emb_dropout"):

@@ -85,6 +85,8 @@ MALFORMED = [
     (_replace("num_heads: 2", "num_heads: 3"), "model.num_heads"),
     (_replace("num_persistent: 8", "num_persistent: -1"), "model.num_persistent"),
     (_replace("attn_span: 16", "attn_span: 0"), "model.attn_span"),
+    (_replace("d_model: 16", "d_model: 1000000000000"), "model.d_model"),
+    (_replace("num_persistent: 8", "num_persistent: 4294967296"), "model.num_persistent"),
     (_replace("dropout: 0.1", "dropout: 1.0"), "model.dropout"),
     (_replace("num_layers: 2", "num_layers: two"), "model.num_layers"),
     (_replace("num_layers: 2", "num_layers: 2.5"), "model.num_layers"),
