@@ -33,16 +33,33 @@ def checkpoint_bytes(cfg: RunConfig) -> dict[str, int]:
     the meta device: fp32 weights and buffers, the optimizer's state (Adagrad: one sum per weight; Adam:
     two moments), and the caches of every micro-batch of every rank (batch_size rows in all, attn_span
     positions of d_model floats per layer: an upper bound where adaptive span trims the caches)."""
-    with torch.device("meta"):
-        model = build_model(cfg.model)
-    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    optimizer = 4 * params * (2 if cfg.optim.name == "adam" else 1)
+    weights, params = _weights_and_params(cfg)
+    optimizer = 4 * params * _optimizer_slots(cfg)
     ranks = planned_processes(cfg)
     caches = 4 * cfg.train.batch_size * cfg.model.num_layers * cfg.model.attn_span * cfg.model.d_model
     caches = caches if cfg.train.checkpoint_caches == "exact" else 0
     return {"model": weights, "optimizer": optimizer, "caches": caches, "caches_per_rank": caches // ranks,
             "ranks": ranks, "total": weights + optimizer + caches}
+
+
+def state_bytes(cfg: RunConfig) -> int:
+    """Bytes a training process holds at least: fp32 weights and buffers, the weights' gradients
+    and the optimizer's state (activations and caches come on top)."""
+    weights, params = _weights_and_params(cfg)
+    return weights + 4 * params * (1 + _optimizer_slots(cfg))
+
+
+def _weights_and_params(cfg: RunConfig) -> tuple[int, int]:
+    """(bytes of the state dict, trainable parameters) of the model built on the meta device."""
+    with torch.device("meta"):
+        model = build_model(cfg.model)
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return weights, sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _optimizer_slots(cfg: RunConfig) -> int:
+    """fp32 values the optimizer keeps per weight: Adagrad one sum, Adam two moments."""
+    return 2 if cfg.optim.name == "adam" else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,6 +33,7 @@ from experiments.contract import check_run
 from experiments.data import Corpus, load_corpus
 from experiments.data.archive import sha256_file
 from experiments.distributed import DistContext, init_distributed, shutdown_distributed
+from experiments.memory_check import check_memory
 from experiments.run_config import RunConfig, data_path, find_run_dir, load_run_config
 from experiments.run_dir import LOCK_FILE, PROJECT_ROOT, OwnerLock, RunDir
 from experiments.train_step import NonFiniteLoss
@@ -115,13 +116,15 @@ def run_training(cfg: RunConfig, run_dir: RunDir, *, restart: bool = False) -> i
 
 
 def _preflight(cfg: RunConfig, ctx: DistContext) -> Corpus:
-    """The data contract against this process count (experiments/contract.py), and the data opened
-    (sizes checked): read-only; the contract's warnings logged."""
+    """The data contract against this process count (experiments/contract.py), the training state
+    against the memory available (experiments/memory_check.py), and the data opened (sizes
+    checked): read-only; the contract's warnings logged."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     for warning in check_run(cfg, ctx.world_size):
         if ctx.is_main:
             log.warning("%s", warning)
+    check_memory(cfg, ctx.device)
     try:
         return load_corpus(data_path(cfg), cfg.data.dataset)
     except ConfigError as err:

@@ -16,7 +16,9 @@ import pytest
 import torch
 
 from experiments.metrics import read_metrics
-from experiments import checkpoint
+from experiments import checkpoint, memory_check, train
+from experiments.cli import run_cli
+from experiments.summary import state_bytes
 from experiments.distributed import DistContext
 from experiments.run_config import load_run_config
 from experiments.run_dir import RunDir
@@ -444,3 +446,25 @@ def test_evaluate_command_takes_device_max_tokens_and_threads(reference_run, tmp
     assert all(json.loads(line)["full"] is True for line in uncapped.stdout.splitlines())
     bad = subprocess.run(cmd[:-2] + ["--threads", "-1"], cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "--threads" in bad.stderr
+
+
+def test_training_state_larger_than_the_memory_available_is_one_line_before_the_run_dir(tmp_path, corpus, capsys,
+                                                                                         monkeypatch):
+    """A valid config whose weights, gradients and optimizer state cannot fit is refused before
+    anything is written (it used to fail at its first allocation, after the run directory)."""
+    config = tiny_config(tmp_path, corpus)
+    need = state_bytes(load_run_config(config))
+    monkeypatch.setattr(memory_check, "available_bytes", lambda device: (need - 1, "a test's figure"))
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit:
+        run_cli(train.main, [str(config), "--run-dir", str(run_dir)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit.value.code == 2 and len(err) == 1 and "more than the" in err[0] and "a test's figure" in err[0], err
+    assert not run_dir.exists()
+    monkeypatch.setattr(memory_check, "available_bytes", lambda device: (need, "a test's figure"))
+    memory_check.check_memory(load_run_config(config), torch.device("cpu"))  # exactly enough: no error
+
+
+def test_available_memory_is_read_on_this_machine():
+    free, source = memory_check.available_bytes(torch.device("cpu"))
+    assert free > 0 and source
