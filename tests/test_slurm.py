@@ -20,7 +20,7 @@ from experiments.metrics import read_metrics
 from experiments.grid import load_grid
 from slurm import manifest
 from slurm import status as slurm_status
-from slurm.job import TrainingJob
+from slurm.job import TrainingJob, read_attempts
 from tests.conftest import PROJECT_ROOT
 from tests.helpers import TINY_RUN, prepare_lexicon
 from tests.slurm_cluster import require_slurm
@@ -75,6 +75,16 @@ def wait_done(grid: Path, root: Path, timeout: float = 240) -> list[dict]:
             return [_status(r["run_dir"].path) for r in rows]
         time.sleep(1)
     raise AssertionError(f"runs not finished after {timeout} s:\n{status(grid, root)}")
+
+
+def _closed_attempts(run_dir: Path, timeout: float = 60) -> list[dict]:
+    """slurm.job.read_attempts once the last attempt has its outcome: the job records it after
+    the trainer returns, so just after status.json says DONE (what wait_done sees) it may not
+    be there yet (one CI run read it as None)."""
+    deadline = time.time() + timeout
+    while (attempts := read_attempts(run_dir)) and attempts[-1]["outcome"] is None and time.time() < deadline:
+        time.sleep(0.5)
+    return attempts
 
 
 def _status(run_dir: Path) -> dict:
@@ -431,8 +441,6 @@ def test_case06_a_non_default_time_limit_signal_checkpoints_and_requeues(corpus,
     subprocess.run(["scancel", "--signal=HUP", _job_of(root, "hup")], check=True)
     (final,) = wait_done(grid, root, timeout=300)
     assert final["state"] == "DONE" and final["attempt"] == 2, final
-    from slurm.job import read_attempts
-
     first = read_attempts(run_dir)[0]
     assert first["outcome"] == "requeued" and 60 <= first["end"] < 600
     assert results(grid, root) == _reference(tmp_path, grid)
@@ -491,9 +499,7 @@ def test_case07_a_run_slower_than_its_estimate_is_requeued_while_it_progresses(c
         subprocess.run(["scancel", "--signal=USR2", job], check=True)
     (final,) = wait_done(grid, root, timeout=400)
     assert final["state"] == "DONE" and final["attempt"] == 6, final
-    from slurm.job import read_attempts
-
-    attempts = read_attempts(run_dir)
+    attempts = _closed_attempts(run_dir)
     assert [a["outcome"] for a in attempts] == ["requeued"] * 5 + ["done"]
     assert all(a["end"] > a["start"] for a in attempts)
     row = next(line for line in status(grid, root).splitlines() if line.startswith(run_dir.name))
