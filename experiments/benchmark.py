@@ -89,13 +89,16 @@ def random_tokens(cfg: RunConfig, blocks: int) -> np.ndarray:
     return gen.integers(0, cfg.model.vocab_size, size=length).astype(np.int64)
 
 
-def timed_steps(cfg: RunConfig, device: torch.device, steps: int, warmup: int = 2) -> dict[str, Any]:
-    """Median seconds of the trainer's update and the peak memory around it."""
+def new_step(cfg: RunConfig, device: torch.device, blocks: int) -> tuple[TrainStep, TrainState]:
+    """The trainer's update on a freshly seeded model over `blocks` blocks of random tokens, and its state."""
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model).to(device)
-    ctx = DistContext(rank=0, world_size=1, device=device)
-    update = TrainStep(cfg, model, random_tokens(cfg, steps + warmup), ctx)
-    state = TrainState()
+    return TrainStep(cfg, model, random_tokens(cfg, blocks), DistContext(rank=0, world_size=1, device=device)), TrainState()
+
+
+def timed_steps(cfg: RunConfig, device: torch.device, steps: int, warmup: int = 2) -> dict[str, Any]:
+    """Median seconds of the trainer's update and the peak memory around it."""
+    update, state = new_step(cfg, device, steps + warmup)
     if device.type == "cuda":
         sync(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -118,10 +121,7 @@ STEP_PARTS = (("banded attention", "_BandedAttention"), ("K/V projection", PROJE
 def profile_breakdown(cfg: RunConfig, device: torch.device, steps: int = 3, warmup: int = 2) -> dict[str, dict[str, float]]:
     """Self CPU time of `steps` updates under torch.profiler, ms per step, by op kind and by
     part of the step (an op belongs to the part of its innermost enclosing region)."""
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model).to(device)
-    update = TrainStep(cfg, model, random_tokens(cfg, steps + warmup), DistContext(rank=0, world_size=1, device=device))
-    state = TrainState()
+    update, state = new_step(cfg, device, steps + warmup)
     for _ in range(warmup):
         update(state, 1.0)
     with profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -27,13 +27,10 @@ from typing import Callable, Sequence
 import torch
 
 import model.layers
-from experiments.benchmark import attention_used, bench_config, random_tokens
+from experiments.benchmark import attention_used, bench_config, new_step
 from experiments.cli import run_cli
-from experiments.distributed import DistContext
 from experiments.run_config import RunConfig
-from experiments.train_state import TrainState
-from experiments.train_step import TrainStep
-from model import attention, build_model
+from model import attention
 from model.errors import UserError
 
 WARMUP_ROUNDS = 2
@@ -80,12 +77,9 @@ def alternate(cfg: RunConfig, versions: dict[str, Callable], rounds: int) -> tup
     swapped every round; the warm-up rounds' seconds are dropped, their losses kept. Each
     version keeps its own random-number state (dropout), so one file against itself gives
     identical losses."""
-    device = torch.device("cpu")
     steps, rng = {}, {}
     for name in versions:
-        torch.manual_seed(cfg.train.seed)
-        steps[name] = (TrainStep(cfg, build_model(cfg.model), random_tokens(cfg, rounds + WARMUP_ROUNDS + 1),
-                                 DistContext(rank=0, world_size=1, device=device)), TrainState())
+        steps[name] = new_step(cfg, torch.device("cpu"), rounds + WARMUP_ROUNDS + 1)
         rng[name] = torch.get_rng_state()
     seconds: dict[str, list[float]] = {name: [] for name in versions}
     losses: dict[str, list[float]] = {name: [] for name in versions}
