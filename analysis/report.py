@@ -15,7 +15,6 @@ differences over seeds, 95% t-intervals, verdicts; the rules are in analysis/cla
 """
 from __future__ import annotations
 
-import argparse
 import math
 from typing import Sequence
 
@@ -27,7 +26,7 @@ from analysis.collect import load_runs
 from analysis.inputs import add_inputs_argument, selection
 from analysis.render import fmt_count, fmt_delta, fmt_mean_std, fmt_value, latex_table, markdown_table
 from model.errors import UserError
-from experiments.cli import run_cli
+from experiments.cli import ArgumentParser, run_cli
 
 COLUMNS = ["dataset", "variant", "num_persistent", "num_layers", "n", "metric", "mean", "std", "delta",
            "params_total", "delta_params", "flops_per_token", "delta_flops", "tokens_per_s",
@@ -105,7 +104,7 @@ def _report_cells(table: pd.DataFrame, unit: str) -> pd.DataFrame:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m analysis.report", description=__doc__.splitlines()[0])
     add_inputs_argument(parser)
     parser.add_argument("--baseline", default="transformer", help="variant or variant:N (default transformer)")
     parser.add_argument("--format", choices=FORMATS, default="markdown")

@@ -16,7 +16,6 @@ process's peak resident set size since it started (`ru_maxrss`), everything incl
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -32,7 +31,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from experiments.atomic import atomic_write_text
-from experiments.cli import output_file, run_cli
+from experiments.cli import ArgumentParser, output_file, run_cli
 from experiments.distributed import DistContext, resolve_device
 from experiments.run_config import RunConfig, load_run_config
 from experiments.train_state import TrainState
@@ -217,7 +216,7 @@ def bench_config(path: str, overrides: Sequence[str]) -> RunConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.benchmark", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m experiments.benchmark", description=__doc__.split("\n")[0])
     parser.add_argument("config", help="run config YAML")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")

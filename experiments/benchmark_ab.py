@@ -15,7 +15,6 @@ Why: on shared VMs tokens/s of separate runs swing by 1.5x within minutes
 """
 from __future__ import annotations
 
-import argparse
 import importlib.machinery
 import importlib.util
 import inspect
@@ -28,7 +27,7 @@ import torch
 
 import model.layers
 from experiments.benchmark import attention_used, bench_config, new_step
-from experiments.cli import run_cli
+from experiments.cli import ArgumentParser, run_cli
 from experiments.run_config import RunConfig
 from model import attention
 from model.errors import UserError
@@ -99,7 +98,7 @@ def alternate(cfg: RunConfig, versions: dict[str, Callable], rounds: int) -> tup
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.benchmark_ab", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m experiments.benchmark_ab", description=__doc__.split("\n")[0])
     parser.add_argument("config", help="run config YAML (CPU)")
     parser.add_argument("--old", type=Path, required=True, help="another tree's model/attention.py")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")

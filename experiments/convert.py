@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from experiments.atomic import atomic_write
-from experiments.cli import output_file, run_cli
+from experiments.cli import ArgumentParser, output_file, run_cli
 from experiments.optim import learning_rate
 from experiments.run_config import RunConfig, load_run_config
 from model.convert_official import (authors_parameter_order, convert, our_parameter_names, read_checkpoint,
@@ -92,7 +92,7 @@ def _their_optimizer_entries(optimizer: dict, order: list[tuple[str, str]], step
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m experiments.convert", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m experiments.convert", description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", nargs="?", type=Path, help="the authors' checkpoint (.pt) to import")
     parser.add_argument("--to-authors", type=Path, metavar="OURS",
                         help="export instead: our .pt file or checkpoint folder, written in the authors' layout")

@@ -24,7 +24,7 @@ from typing import Sequence
 
 import torch
 
-from experiments.cli import run_cli
+from experiments.cli import ArgumentParser, run_cli
 from experiments.data import encode_text, load_corpus
 from experiments.distributed import DistContext, resolve_device
 from experiments.evaluation import SPLITS, evaluate_tokens
@@ -58,7 +58,7 @@ def _config_identity(cfg, payload: dict, allow_mismatch: bool) -> dict:
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m experiments.evaluate", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m experiments.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("config", help="run config YAML")
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint folder or .pt file")
     parser.add_argument("--text", type=Path, help="raw text file to evaluate instead of the prepared splits")

@@ -29,7 +29,6 @@ Exit status 1 when a check fails.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -42,7 +41,7 @@ import numpy as np
 import torch
 
 from experiments.benchmark import benchmark, machine
-from experiments.cli import output_file, run_cli
+from experiments.cli import ArgumentParser, output_file, run_cli
 from experiments.config import read_yaml_file
 from experiments.distributed import DistContext, resolve_device
 from experiments.run_config import RunConfig, run_config_from_dict
@@ -249,7 +248,7 @@ def throughput(device: torch.device, batch: int, steps: int, small: bool, report
 # ----------------------------------------------------------------------------------------------- command
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bash experiments/gpu_check.sh", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="bash experiments/gpu_check.sh", description=__doc__.split("\n")[0])
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--small", action="store_true", help="small shapes (a CPU runs the check in seconds)")
     parser.add_argument("--out", type=Path, help="also append the JSON lines to this file")

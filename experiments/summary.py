@@ -8,13 +8,12 @@ none`), for the processes the `slurm:` section starts. Two checkpoints are kept.
 """
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Sequence
 
 import torch
 
-from experiments.cli import run_cli
+from experiments.cli import ArgumentParser, run_cli
 from experiments.contract import planned_processes
 from experiments.run_config import RunConfig, load_run_config
 from model import build_model
@@ -63,7 +62,7 @@ def _optimizer_slots(cfg: RunConfig) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.summary", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m experiments.summary", description=__doc__.split("\n")[0])
     parser.add_argument("config", help="run config YAML")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")

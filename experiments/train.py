@@ -28,7 +28,7 @@ import torch
 
 from experiments.atomic import atomic_write_json, atomic_write_text
 from experiments.checkpoint import CheckpointIncomplete
-from experiments.cli import run_cli
+from experiments.cli import ArgumentParser, run_cli
 from experiments.contract import check_run
 from experiments.data import Corpus, load_corpus
 from experiments.data.archive import sha256_file
@@ -303,7 +303,7 @@ def _traceback_tail() -> str:
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m experiments.train", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m experiments.train", description=__doc__.split("\n")[0])
     parser.add_argument("config", help="run config YAML")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set model.num_persistent=256 (repeatable)")

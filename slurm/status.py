@@ -22,7 +22,6 @@ reused pid or job id is not), and never on a run that is DONE.
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import os
 import signal
@@ -36,7 +35,7 @@ from experiments.grid import DEFAULT_ROOT
 from experiments.manifest import Selection, add_selection_arguments, select
 from experiments.metrics import read_metrics
 from experiments.run_dir import RunDir
-from experiments.cli import run_cli
+from experiments.cli import ArgumentParser, run_cli
 from slurm import manifest
 from slurm.job import STALLED_STAGE, read_attempts
 
@@ -266,7 +265,7 @@ def cancel(rows: list[dict], grid_dir: Path) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m slurm.status", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m slurm.status", description=__doc__.split("\n")[0])
     parser.add_argument("grid", type=Path, help="grid YAML")
     parser.add_argument("--tail", action="store_true", help="show the error and log tails of failed runs")
     parser.add_argument("--cancel", action="store_true", help="cancel the live jobs of the runs shown")

@@ -61,7 +61,7 @@ from experiments.store import Placement, claim, locate
 from experiments.train import prepare_run_dir
 from model.errors import UserError
 from model.summary import activation_bytes, count_parameters, summarize
-from experiments.cli import run_cli
+from experiments.cli import ArgumentParser, run_cli
 from slurm import manifest, progress
 from slurm.job import MAX_NUM_TIMEOUT, TrainingJob
 from slurm.profile import ClusterProfile, load_profile, profile_label
@@ -391,7 +391,7 @@ def _archive_for_rerun(run_dir: RunDir) -> Path | None:
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m slurm.submit", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m slurm.submit", description=__doc__.split("\n")[0])
     parser.add_argument("grid", type=Path, help="grid YAML")
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--cluster", help="cluster profile: a name in slurm/clusters/ (e.g. local) or a YAML file")

@@ -3,6 +3,7 @@
 `experiments.train`: exit 2, one stderr line naming the config field, nothing written."""
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from experiments import data
+from experiments.cli import run_cli
 from tests.conftest import PROJECT_ROOT
 from tests.helpers import prepare_lexicon, tiny_config
 
@@ -79,3 +81,24 @@ def test_batch_not_divisible_by_the_process_count_is_refused_at_submission(corpo
                           timeout=120)
     _refused_in_one_line(proc, "train.batch_size")
     assert not (tmp_path / "root").exists()
+
+
+COMMANDS = ("experiments.train", "experiments.evaluate", "experiments.benchmark", "experiments.benchmark_ab",
+            "experiments.convert", "experiments.summary", "experiments.gpu_check", "experiments.data",
+            "slurm.submit", "slurm.status", "analysis.collect", "analysis.figure2", "analysis.tables", "analysis.report")
+
+
+NEEDS_AN_ARGUMENT = tuple(m for m in COMMANDS if m not in ("experiments.gpu_check", "analysis.tables"))
+
+
+@pytest.mark.parametrize(("module", "argv"), [*((m, ["--no-such-flag"]) for m in COMMANDS), *((m, []) for m in NEEDS_AN_ARGUMENT)])
+def test_every_command_reports_a_flag_error_in_one_line(module, argv, capsys):
+    """argparse's own errors (an unknown flag, a missing argument) are one stderr line naming
+    the command and exit 2, as every other bad input is: no usage block first."""
+    main = importlib.import_module(module if module != "experiments.data" else "experiments.data.command").main
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main, argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: python -m " if module != "experiments.gpu_check" else "error: bash "), err

@@ -10,24 +10,17 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import Sequence
 
+from experiments.cli import ArgumentParser
 from experiments.data.registry import datasets, get
 from experiments.data.corpus import PROJECT_ROOT
 from experiments.data.format import SPLITS
 from experiments.data.publish import prepare_into
-from model.errors import UserError
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line and exit 2 (via run_cli), without the usage dump."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UserError(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m experiments.data", description="Prepare corpora for training.")
+    parser = ArgumentParser(prog="python -m experiments.data", description="Prepare corpora for training.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     names = commands.add_parser("prepare", help="prepare a corpus").add_subparsers(
         dest="name", required=True, metavar="NAME", title="corpora")
