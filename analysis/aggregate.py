@@ -28,7 +28,7 @@ LABEL_KEYS = ("dataset", "variant", "num_persistent", "num_layers")
 GROUP_KEY = "config_group"
 DATA_KEYS = ("data_name", "data_sha256")
 NOT_CONFIG = ("name", "grid", "train.seed", *NOT_HASHED)
-RESOURCE_COLUMNS = ("params_total", "flops_per_token", "tokens_per_s", "entropy_floor_bpc")
+RESOURCE_COLUMNS = ("params_total", "params_persistent", "flops_per_token", "tokens_per_s", "entropy_floor_bpc")
 CONFIDENCE = 0.95
 """The coverage of every interval in the analysis (two-sided Student t)."""
 

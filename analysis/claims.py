@@ -20,8 +20,10 @@ point, chosen as follows:
     (resp. attention_only) is chosen first, then the best all_attention N > 0 within the
     tolerance of it;
   - (c) compares integrations with everything else equal: the all_attention point has the
-    separate variant's depth, d_model and heads (Δ params is shown, not required: the
-    variants' parameter counts differ by construction, e.g. head_split).
+    separate variant's depth, d_model and heads, and its persistent parameter count when
+    both runs recorded one (Figure 2, right, compares the integrations at one budget of
+    persistent vectors: head_split doubles N over its half of the heads). Δ params is shown,
+    not required: the variants' total counts differ by construction, e.g. head_split.
 
 Statistic: runs of the two points are paired by seed (a seed present on one side only is
 left out and counted in the note); d_i = score(all-attention, seed i) - score(other,
@@ -62,6 +64,8 @@ PARAM_TOLERANCE = 0.05
 JOINT, REFERENCE, ZERO = "all_attention", "transformer", "attention_only"
 SEPARATE = ("attn_split", "head_split", "single_head", "ffn_attn")
 SHAPE_KEYS = ("num_layers", "model.d_model", "model.num_heads")
+BUDGET_KEY = "params_persistent"
+"""Also held equal in (c) when the separate variant's point has it (eval.json's count)."""
 STATEMENTS = {
     "a": "all-attention within δ of the transformer at equal parameters",
     "b": "N = 0 (attention-only) worse than the best N > 0 at equal parameters",
@@ -191,7 +195,7 @@ def _claim_c(summary: pd.DataFrame, context: dict[str, Any]) -> list[dict[str, A
             continue
         ours = _best(_same_shape(_joint(summary), other))
         rows.append(_compare("c", ours, other, _superiority, context) if ours is not None else
-                    _not_tested("c", f"no all-attention point with {point_name(other)}'s depth and width"))
+                    _not_tested("c", f"no all-attention point with {point_name(other)}'s depth, width and persistent parameters"))
     return rows or [_not_tested("c", f"no runs of {', '.join(SEPARATE)}")]
 
 
@@ -213,6 +217,8 @@ def _equal_parameters(points: pd.DataFrame, other: pd.Series, tolerance: float) 
 
 def _same_shape(points: pd.DataFrame, other: pd.Series) -> pd.DataFrame:
     keys = [k for k in SHAPE_KEYS if k in points and k in other]
+    if BUDGET_KEY in points and BUDGET_KEY in other and not pd.isna(other[BUDGET_KEY]):
+        keys.append(BUDGET_KEY)
     same = pd.Series(True, index=points.index)
     for key in keys:
         same &= points[key] == other[key]

@@ -39,7 +39,8 @@ def joint_bpc(seed: int) -> float:
 
 
 def write_run(root: Path, variant: str, seed: int, dev_bpc: float, *, num_layers: int | None = None,
-              num_persistent: int | None = None, params: int = PARAMS, steps: int | None = None) -> Path:
+              num_persistent: int | None = None, params: int = PARAMS, steps: int | None = None,
+              params_persistent: int | None = None) -> Path:
     """A finished run folder of `variant` (the fixture's config, with these changes) scoring `dev_bpc`."""
     (template,) = DEMO.glob(f"{TEMPLATES[variant]}-*")
     config = yaml.safe_load((template / "config.yaml").read_text())
@@ -56,8 +57,9 @@ def write_run(root: Path, variant: str, seed: int, dev_bpc: float, *, num_layers
     (run_dir / "status.json").write_text(json.dumps({"state": "DONE", "step": 400, "attempt": 1}))
     (run_dir / "provenance.json").write_text(json.dumps({"git_sha": "0" * 40}))
     scores = {"loss": dev_bpc * math.log(2), "bpc": dev_bpc, "tokens": 1000, "full": True}
-    (run_dir / "eval.json").write_text(json.dumps({"unit": "bpc", "valid": scores, "test": scores,
-                                                   "params_total": params}))
+    facts = {"params_total": params} if params_persistent is None else {"params_total": params,
+                                                                         "params_persistent": params_persistent}
+    (run_dir / "eval.json").write_text(json.dumps({"unit": "bpc", "valid": scores, "test": scores, **facts}))
     return run_dir
 
 
@@ -165,6 +167,22 @@ def test_joint_side_of_c_has_the_variants_depth(tmp_path: Path) -> None:
         write_run(tmp_path, "all_attention", seed, 1.0, num_layers=3)
     row = claims(tmp_path).set_index("claim").loc["c"]
     assert (row["ours"], row["verdict"]) == ("all-attention N=16, 2 layers", REPRODUCED)
+
+
+def test_joint_side_of_c_has_the_variants_persistent_budget(tmp_path: Path) -> None:
+    """The demo's case: all-attention at N = 32 is the best point overall, but the integration
+    variant ran at N = 128; (c) compares it with all-attention at N = 128 (Figure 2, right)."""
+    root = tmp_path / "runs"
+    for seed in SEEDS:
+        write_run(root, "all_attention", seed, 1.0, num_persistent=32, params_persistent=32 * 64)
+        write_run(root, "all_attention", seed, joint_bpc(seed), num_persistent=128, params_persistent=128 * 64)
+        write_run(root, "attn_split", seed, joint_bpc(seed) + 0.1, num_persistent=128, params_persistent=128 * 64)
+    row = claims(root).set_index("claim").loc["c"]
+    assert (row["ours"], row["verdict"]) == ("all-attention N=128, 2 layers", REPRODUCED)
+    for run in root.glob("all_attention-L2-N128-*"):
+        run.rename(tmp_path / run.name)  # out of the runs read below
+    row = claims(root).set_index("claim").loc["c"]
+    assert row["verdict"] == NOT_TESTED and "persistent parameters" in row["note"]
 
 
 def test_sides_trained_differently_are_noted(tmp_path: Path) -> None:
