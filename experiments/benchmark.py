@@ -10,6 +10,10 @@ matmul precision, median of repeats, the larger of one median before and one aft
 timed steps. Measuring the peak in the same run makes the ratio comparable across noisy
 machines.
 
+Before any step: the memory preflight of train (experiments/memory_check.py), and a line on stderr
+naming the device (a GPU config runs on the CPU when no GPU is visible, and says so); a step
+slower than SLOW_STEP_S is reported on stderr as it ends.
+
 Peak memory: on CUDA the caching allocator's peak (`torch.cuda.max_memory_allocated`)
 from the start of the timed steps (the model and optimizer state are in it); on CPU the
 process's peak resident set size since it started (`ru_maxrss`), everything included.
@@ -22,6 +26,7 @@ import json
 import platform
 import resource
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -33,6 +38,7 @@ from torch.profiler import ProfilerActivity, profile
 from experiments.atomic import atomic_write_text
 from experiments.cli import ArgumentParser, output_file, run_cli
 from experiments.distributed import DistContext, resolve_device
+from experiments.memory_check import check_memory
 from experiments.run_config import RunConfig, load_run_config
 from experiments.train_state import TrainState
 from experiments.train_step import TrainStep, apply_precision
@@ -41,6 +47,7 @@ from model.attention import PROJECTION
 from model.errors import UserError
 from model.summary import summarize
 
+WARMUP_STEPS = 2
 MATMUL_SIZE = 2048
 MATMUL_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
 """The dtype of the peak matmul for each train.precision (tf32: fp32 tensors on TF32 tensor cores)."""
@@ -95,14 +102,25 @@ def new_step(cfg: RunConfig, device: torch.device, blocks: int) -> tuple[TrainSt
     return TrainStep(cfg, model, random_tokens(cfg, blocks), DistContext(rank=0, world_size=1, device=device)), TrainState()
 
 
-def timed_steps(cfg: RunConfig, device: torch.device, steps: int, warmup: int = 2) -> dict[str, Any]:
+SLOW_STEP_S = 10.0
+"""A step slower than this is reported on stderr as it ends (progress on a config too big for the machine)."""
+
+
+def timed_steps(cfg: RunConfig, device: torch.device, steps: int, warmup: int = WARMUP_STEPS) -> dict[str, Any]:
     """Median seconds of the trainer's update and the peak memory around it."""
     update, state = new_step(cfg, device, steps + warmup)
     if device.type == "cuda":
         sync(device)
         torch.cuda.reset_peak_memory_stats(device)
     losses: list[torch.Tensor] = []
-    seconds = median_seconds(lambda: losses.append(update(state, 1.0)), steps, device, warmup=warmup)
+
+    def step() -> None:
+        start = time.perf_counter()
+        losses.append(update(state, 1.0))
+        if time.perf_counter() - start > SLOW_STEP_S:
+            print(f"  step {len(losses)} of {warmup + steps}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+
+    seconds = median_seconds(step, steps, device, warmup=warmup)
     return {"seconds": seconds, "peak_memory_mb": peak_memory_mb(device), "last_loss": losses[-1].item()}
 
 
@@ -174,7 +192,7 @@ def machine(device: torch.device) -> str:
     return f"{cpu}, {torch.get_num_threads()} threads"
 
 
-def benchmark(cfg: RunConfig, device: torch.device, steps: int, warmup: int = 2) -> dict[str, Any]:
+def benchmark(cfg: RunConfig, device: torch.device, steps: int, warmup: int = WARMUP_STEPS) -> dict[str, Any]:
     """One benchmark record of `cfg`'s training step on `device`."""
     precision = cfg.train.precision
     # The peak is the larger of two medians, one before and one after the timed steps:
@@ -229,6 +247,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     output_file(args.csv, "--csv")
     cfg = bench_config(args.config, args.set)
     device = resolve_device("cpu" if cfg.train.device == "cpu" else "auto", 0)  # a GPU config runs on CPU without one
+    check_memory(cfg, device)
+    if cfg.train.device == "cuda" and device.type == "cpu":
+        print("note: train.device is cuda but no GPU is visible: timing on the CPU", file=sys.stderr)
+    print(f"timing {cfg.name}: {WARMUP_STEPS} warm-up and {args.steps} timed steps on {machine(device)}", file=sys.stderr, flush=True)
     result = benchmark(cfg, device, args.steps)
     breakdown = profile_breakdown(cfg, device) if args.profile else None
     if args.csv:

@@ -9,7 +9,8 @@ import time
 import pytest
 import torch
 
-from experiments import benchmark_ab
+from experiments import benchmark as benchmark_module
+from experiments import benchmark_ab, memory_check
 from experiments.benchmark import benchmark
 from experiments.benchmark import main as benchmark_main
 from experiments.gpu_check import main as gpu_check_main
@@ -104,3 +105,31 @@ def test_output_file_that_is_a_directory_is_one_line_before_any_step(tmp_path, c
             run_cli(command, [*args, flag, str(target)])
         err = capsys.readouterr().err
         assert exit.value.code == 2 and err.count("\n") == 1 and message in err and flag in err
+
+
+def test_benchmark_refuses_a_state_larger_than_memory_before_any_step(capsys, monkeypatch):
+    """The benchmark applies train's memory preflight: one line, before a step is timed (an
+    absurd config used to run until its first allocation failed)."""
+    monkeypatch.setattr(memory_check, "available_bytes", lambda device: (1, "a test's figure"))
+    monkeypatch.setattr(benchmark_module, "timed_steps", lambda *a, **k: pytest.fail("a step ran"))
+    with pytest.raises(SystemExit) as exit:
+        run_cli(benchmark_main, [str(PROJECT_ROOT / "experiments/cpu/bench_small.yaml")])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and err.count("\n") == 1 and "a test's figure" in err
+
+
+class _Timed(Exception):
+    """Raised by a stand-in for experiments.benchmark.benchmark, with the device it was given."""
+
+
+def _reach(cfg, device, steps):
+    raise _Timed(device.type)
+
+
+def test_benchmark_of_a_gpu_config_without_a_gpu_says_it_times_the_cpu(capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(benchmark_module, "benchmark", _reach)
+    with pytest.raises(_Timed, match="^cpu$"):
+        benchmark_main([str(PROJECT_ROOT / "experiments/cpu/bench_small.yaml"), "--set", "train.device=cuda"])
+    err = capsys.readouterr().err
+    assert "train.device is cuda but no GPU is visible: timing on the CPU" in err and "timing bench-small" in err
