@@ -35,7 +35,7 @@ import yaml
 from analysis.aggregate import left_out_note
 from analysis.inputs import RUN_MARKER, add_inputs_argument, resolve_run_dirs, selection
 from experiments.atomic import atomic_write_text
-from experiments.cli import ArgumentParser, run_cli
+from experiments.cli import ArgumentParser, folder, run_cli
 from experiments.metrics import scan_metrics
 from experiments.run_config import NOT_HASHED, run_config_from_dict
 from experiments.run_dir import PROJECT_ROOT
@@ -324,7 +324,7 @@ def _reason(err: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m analysis.collect", description=__doc__.splitlines()[0])
     add_inputs_argument(parser)
-    parser.add_argument("--out", type=Path, help="output folder (default results/<grid>, or results/collected)")
+    parser.add_argument("--out", type=folder, help="output folder (default results/<grid>, or results/collected)")
     args = parser.parse_args(argv)
     runs = unique_runs(collect_runs(resolve_run_dirs(args.inputs, **selection(args))))
     print_notes(runs)

@@ -41,7 +41,7 @@ from analysis.published import load_published
 from analysis.render import dataset_label, fmt_count
 from experiments.atomic import atomic_write_bytes, atomic_write_text
 from model.errors import UserError
-from experiments.cli import ArgumentParser, run_cli
+from experiments.cli import ArgumentParser, folder, run_cli
 
 RIGHT_LABELS = {"all_attention": "all-attn", "attn_split": "attn-split", "head_split": "head-split",
                 "single_head": "single-head", "ffn_attn": "FF-attn"}
@@ -360,7 +360,7 @@ def _wrap(line: str) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m analysis.figure2", description=__doc__.splitlines()[0])
     add_inputs_argument(parser)
-    parser.add_argument("--out-dir", type=Path, default=Path("results/figures"), help="default results/figures")
+    parser.add_argument("--out-dir", type=folder, default=Path("results/figures"), help="default results/figures")
     parser.add_argument("--published", action=argparse.BooleanOptionalAction, default=True,
                         help="draw published numbers (default on)")
     parser.add_argument("--claims", action=argparse.BooleanOptionalAction, default=True,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from experiments.grid import DEFAULT_ROOT
+from experiments.cli import folder
 from experiments.manifest import FILENAME, add_selection_arguments, select
 from model.errors import UserError
 
@@ -31,7 +32,7 @@ def add_inputs_argument(parser: argparse.ArgumentParser, required: bool = True) 
         "inputs", nargs="+" if required else "*", metavar="DIR_OR_GRID",
         help="run directory, folder of run directories (searched recursively), or GRID.yaml (its submitted runs)",
     )
-    parser.add_argument("--root", type=Path, default=None,
+    parser.add_argument("--root", type=folder, default=None,
                         help="results root a GRID.yaml was submitted to (default: runs/ in the project)")
     add_selection_arguments(parser, purpose="analyse")
 

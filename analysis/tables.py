@@ -24,7 +24,7 @@ from analysis.published import SOURCES, load_published
 from analysis.render import (fmt_count, fmt_delta, fmt_mean_std, fmt_published, is_missing, latex_table,
                              markdown_table)
 from experiments.atomic import atomic_write_text
-from experiments.cli import ArgumentParser, run_cli
+from experiments.cli import ArgumentParser, folder, run_cli
 
 TABLES = {"table1": ("enwik8", "text8"), "table2": ("wikitext-103",)}
 CAPTIONS = {
@@ -114,7 +114,7 @@ def write_tables(runs: pd.DataFrame, out_dir: Path) -> dict[str, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m analysis.tables", description=__doc__.splitlines()[0])
     add_inputs_argument(parser, required=False)
-    parser.add_argument("--out-dir", type=Path, default=Path("results/tables"), help="default results/tables")
+    parser.add_argument("--out-dir", type=folder, default=Path("results/tables"), help="default results/tables")
     args = parser.parse_args(argv)
     runs = load_runs(args.inputs, **selection(args)) if args.inputs else collect_runs([])
     for name, markdown in write_tables(runs, args.out_dir).items():

@@ -42,6 +42,21 @@ def output_file(path: Path | None, flag: str) -> Path | None:
         return None
     if path.is_dir():
         raise UserError(f"{flag}: {path} is a directory, not a file")
-    if any(parent.exists() and not parent.is_dir() for parent in path.parents):
+    if _file_on_path(path):
         raise UserError(f"{flag}: cannot write {path}: a folder on its path is a file")
     return path
+
+
+def folder(text: str) -> Path:
+    """argparse `type` of a folder flag (a results root, an output or run directory): refused in
+    argparse's one line, before any compute, if it or a folder on its path is a file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a file, not a folder")
+    if _file_on_path(path):
+        raise argparse.ArgumentTypeError(f"cannot use {path}: a folder on its path is a file")
+    return path
+
+
+def _file_on_path(path: Path) -> bool:
+    return any(parent.exists() and not parent.is_dir() for parent in path.parents)

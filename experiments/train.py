@@ -28,7 +28,7 @@ import torch
 
 from experiments.atomic import atomic_write_json, atomic_write_text
 from experiments.checkpoint import CheckpointIncomplete
-from experiments.cli import ArgumentParser, run_cli
+from experiments.cli import ArgumentParser, folder, run_cli
 from experiments.contract import check_run
 from experiments.data import Corpus, load_corpus
 from experiments.data.archive import sha256_file
@@ -307,7 +307,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("config", help="run config YAML")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set model.num_persistent=256 (repeatable)")
-    parser.add_argument("--run-dir", type=Path, help="run directory (default runs/<grid>/<run_id>)")
+    parser.add_argument("--run-dir", type=folder, help="run directory (default runs/<grid>/<run_id>)")
     parser.add_argument("--restart", action="store_true",
                         help="start the run over at step 0: its checkpoints, metrics and eval.json move to "
                              "before-restart-<time>/ (needed when every checkpoint is unreadable)")

@@ -35,7 +35,7 @@ from experiments.grid import DEFAULT_ROOT
 from experiments.manifest import Selection, add_selection_arguments, select
 from experiments.metrics import read_metrics
 from experiments.run_dir import RunDir
-from experiments.cli import ArgumentParser, run_cli
+from experiments.cli import ArgumentParser, folder, run_cli
 from slurm import manifest
 from slurm.job import STALLED_STAGE, read_attempts
 
@@ -269,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("grid", type=Path, help="grid YAML")
     parser.add_argument("--tail", action="store_true", help="show the error and log tails of failed runs")
     parser.add_argument("--cancel", action="store_true", help="cancel the live jobs of the runs shown")
-    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help=f"results root (default {DEFAULT_ROOT})")
+    parser.add_argument("--root", type=folder, default=DEFAULT_ROOT, help=f"results root (default {DEFAULT_ROOT})")
     add_selection_arguments(parser, purpose="show (or cancel)")
     args = parser.parse_args(argv)
     selection = select(args.grid, args.root, args.set, args.only)

@@ -61,7 +61,7 @@ from experiments.store import Placement, claim, locate
 from experiments.train import prepare_run_dir
 from model.errors import UserError
 from model.summary import activation_bytes, count_parameters, summarize
-from experiments.cli import ArgumentParser, run_cli
+from experiments.cli import ArgumentParser, folder, run_cli
 from slurm import manifest, progress
 from slurm.job import MAX_NUM_TIMEOUT, TrainingJob
 from slurm.profile import ClusterProfile, load_profile, profile_label
@@ -402,7 +402,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-parallel", type=int, default=None,
                         help="runs at once (SLURM: the array throttle, default 64; local executor: default "
                              "this machine's cores // the cores a run asks for)")
-    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help=f"results root (default {DEFAULT_ROOT})")
+    parser.add_argument("--root", type=folder, default=DEFAULT_ROOT, help=f"results root (default {DEFAULT_ROOT})")
     add_selection_arguments(parser, purpose="submit")
     parser.add_argument("--wait", action="store_true", help="wait for the submitted jobs and report how they ended")
     args = parser.parse_args(argv)

@@ -102,3 +102,27 @@ def test_every_command_reports_a_flag_error_in_one_line(module, argv, capsys):
     assert exit_.value.code == 2
     assert len(err.strip().splitlines()) == 1, err
     assert err.startswith("error: python -m " if module != "experiments.gpu_check" else "error: bash "), err
+
+
+FOLDER_FLAGS = [("slurm.submit", [str(PROJECT_ROOT / "experiments/demo.yaml"), "--executor", "local", "--root"]),
+                ("slurm.status", [str(PROJECT_ROOT / "experiments/demo.yaml"), "--root"]),
+                ("analysis.report", [str(PROJECT_ROOT / "experiments/demo.yaml"), "--root"]),
+                ("analysis.collect", ["runs", "--out"]),
+                ("analysis.figure2", ["runs", "--out-dir"]),
+                ("analysis.tables", ["--out-dir"]),
+                ("experiments.data", ["prepare", "lexicon", "--out"]),
+                ("experiments.train", [str(PROJECT_ROOT / "experiments/demo.yaml"), "--run-dir"])]
+
+
+@pytest.mark.parametrize(("module", "argv"), FOLDER_FLAGS, ids=[m for m, _ in FOLDER_FLAGS])
+def test_every_folder_flag_that_is_a_file_is_one_line_before_any_work(module, argv, tmp_path, capsys):
+    """A results root, output or run directory that is a file (or under one) was a
+    FileExistsError / NotADirectoryError traceback after the work (a fresh-user finding)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    main = importlib.import_module(module if module != "experiments.data" else "experiments.data.command").main
+    for target, message in ((blocker, "is a file, not a folder"), (blocker / "sub", "a folder on its path is a file")):
+        with pytest.raises(SystemExit) as exit_:
+            run_cli(main, [*argv, str(target)])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1 and message in err and argv[-1] in err, err

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from experiments.cli import ArgumentParser
+from experiments.cli import ArgumentParser, folder
 from experiments.data.registry import datasets, get
 from experiments.data.corpus import PROJECT_ROOT
 from experiments.data.format import SPLITS
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     for dataset in datasets().values():
         sub = names.add_parser(dataset.name, help=dataset.help)
         dataset.add_arguments(sub)
-        sub.add_argument("--out", help="output directory (default: data/<name> under the project root)")
+        sub.add_argument("--out", type=folder, help="output directory (default: data/<name> under the project root)")
         sub.add_argument("--force", action="store_true", help="replace existing data at --out")
     return parser
 
