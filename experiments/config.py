@@ -184,10 +184,16 @@ def _convert(hint: Any, value: Any, path: str) -> Any:
     return _convert_scalar(hint, value, path)
 
 
+INT64 = 2**63
+"""Every integer field lies in [-INT64, INT64): wider ones overflow in torch and numpy, after start-up."""
+
+
 def _convert_scalar(hint: Any, value: Any, path: str) -> Any:
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return _finite_float(value, path)
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        if not -INT64 <= value < INT64:  # torch, numpy and the checkpoint all hold 64-bit integers
+            raise ConfigError(path, f"must be an integer within ±2^63, got one of {len(str(abs(value)))} digits")
         return value
     if hint in (bool, str) and isinstance(value, hint):
         return value

@@ -84,6 +84,29 @@ def _check_shapes(sweep: Any, explicit: Any, seeds: Any) -> None:
         raise ConfigError("runs", "must be a non-empty list of override mappings")
     if seeds is not None and (not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds) or not seeds):
         raise ConfigError("seeds", "must be a non-empty list of integers")
+    _check_set_once(sweep, explicit, seeds)
+
+
+def _check_set_once(sweep: dict, explicit: list[dict], seeds: list[int] | None) -> None:
+    """Refuse a key set by two of runs, grid and seeds: the later one won silently, so points
+    named after one value ran with another (grid: {train.seed: [0, 1]} with seeds: [0] made two
+    runs named seed=0 and seed=1, both with seed 0)."""
+    if seeds is not None and "train.seed" in sweep:
+        raise ConfigError("seeds", "train.seed is also swept by grid: give the seeds in one place")
+    for index, run in enumerate(explicit):
+        keys = _dotted(_expand_dotted(run, f"runs[{index}]"))
+        for key in sorted(keys & set(sweep)):
+            raise ConfigError(f"runs[{index}].{key}", "is also swept by grid: give its values in one place")
+        if seeds is not None and "train.seed" in keys:
+            raise ConfigError(f"runs[{index}].train.seed", "is also set by seeds: give the seeds in one place")
+
+
+def _dotted(nested: dict, prefix: str = "") -> set[str]:
+    """{'train': {'seed': 1}} -> {'train.seed'}: the dotted keys of a nested mapping's leaves."""
+    keys: set[str] = set()
+    for key, value in nested.items():
+        keys |= _dotted(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {f"{prefix}{key}"}
+    return keys
 
 
 def _points(sweep: dict, explicit: list[dict], seeds: list[int] | None):

@@ -57,7 +57,7 @@ class TrainConfig:
         for name in ("steps", "block_size", "batch_size", "batch_split", "checkpoint_every", "log_every", "eval_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
-        for name in ("finetune_steps", "threads"):
+        for name in ("seed", "finetune_steps", "threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, f"must be >= 0, got {getattr(self, name)}")
         if self.batch_size % self.batch_split:

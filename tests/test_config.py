@@ -95,6 +95,9 @@ MALFORMED = [
     (_replace("  dropout: 0.1\n", "  dropout: 0.1\n  ffn_size: 64\n"), "model.ffn_size"),
     (_replace("variant: all_attention", "variant: transformer"), "model.num_persistent"),
     (_replace("lr: 0.07", "lr: -1"), "optim.lr"),
+    (_replace("  steps: 10\n", "  steps: 10\n  seed: 99999999999999999999999\n"), "train.seed"),  # torch overflowed in the job
+    (_replace("  steps: 10\n", "  steps: 10\n  seed: -1\n"), "train.seed"),  # numpy refused it in the job
+    (_replace("  steps: 10\n", "  steps: 9223372036854775808\n"), "train.steps"),  # every int field: within ±2^63
     (_replace("name: adagrad", "name: sgd"), "optim.name"),
     (_replace("  batch_size: 4\n", "  batch_size: 4\n  batch_split: 3\n"), "train.batch_split"),
     (_replace("  steps: 10\n", ""), "train.steps"),

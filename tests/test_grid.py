@@ -55,6 +55,11 @@ def test_run_dirs_are_grid_name_and_run_id(tmp_path):
     ("runs: {name: x}\n", "runs"),
     ("seeds: [a]\n", "seeds"),
     ("grid:\n  train.seed: [1, 1]\n", "same run"),
+    # a key set twice: the later value won silently, under the other's name (a fresh-user finding)
+    ("grid:\n  train.seed: [0, 1]\nseeds: [0]\n", "seeds: train.seed is also swept by grid"),
+    ("grid:\n  model.num_persistent: [4, 8]\nruns:\n  - {name: a, model.num_persistent: 2}\n",
+     r"runs\[0\]\.model\.num_persistent: is also swept by grid"),
+    ("seeds: [0, 1]\nruns:\n  - {name: a, train: {seed: 3}}\n", r"runs\[0\]\.train\.seed: is also set by seeds"),
 ])
 def test_bad_grids_are_rejected(tmp_path, body, key):
     with pytest.raises(ConfigError, match=key):
