@@ -134,12 +134,55 @@ def load(grid_dir: str | os.PathLike) -> Manifest:
         return Manifest(grid_dir)
     except json.JSONDecodeError as err:
         raise UserError(f"{path}: not valid JSON ({err})") from err
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a JSON object")
+    problem = _shape_problem(data)
+    if problem:
+        raise UserError(f"{path}: {problem}, not as slurm.submit writes it (restore it, or move it aside: "
+                        f"the run folders stay, and resubmitting skips the finished ones)")
     if "format" not in data:
         return _from_flat(grid_dir, data)
     submissions = [Submission.from_json(s) for s in data.get("submissions", [])]
     return Manifest(grid_dir, dict(data.get("runs", {})), submissions, exists=True)
+
+
+def _shape_problem(data: Any) -> str | None:
+    """What in a parsed manifest.json is not of the shape the readers use (module docstring), or None."""
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    if "format" not in data:  # the flat form: run id -> latest job
+        return _mapping_problem(data, "manifest")
+    problem = _mapping_problem(data.get("runs", {}), "runs")
+    submissions = data.get("submissions", [])
+    if problem or not isinstance(submissions, list):
+        return problem or "submissions is not a list"
+    for index, entry in enumerate(submissions):
+        where = f"submissions[{index}]"
+        if not isinstance(entry, dict) or not _is_int(entry.get("number")):
+            return f"{where} has no integer number"
+        if any(not (entry.get(k) is None or isinstance(entry[k], list) and all(isinstance(x, str) for x in entry[k]))
+               for k in ("overrides", "only")):
+            return f"{where}'s overrides or only is not a list of strings"
+        problem = _mapping_problem(entry.get("runs") or {}, f"{where}.runs")
+        if problem:
+            return problem
+    return None
+
+
+def _mapping_problem(runs: Any, where: str) -> str | None:
+    """Whether `runs` maps run ids to objects whose run_dir (if any) is a string and submission an integer."""
+    if not isinstance(runs, dict):
+        return f"{where} is not an object of runs"
+    for run_id, entry in runs.items():
+        if not isinstance(entry, dict):
+            return f"{where}[{run_id!r}] is not an object"
+        if entry.get("run_dir") is not None and not isinstance(entry["run_dir"], str):
+            return f"{where}[{run_id!r}].run_dir is not a string"
+        if "submission" in entry and not _is_int(entry["submission"]):
+            return f"{where}[{run_id!r}].submission is not an integer"
+    return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _from_flat(grid_dir: Path, entries: dict[str, dict[str, Any]]) -> Manifest:

@@ -486,3 +486,24 @@ def test_folder_scan_skips_hidden_folders(tmp_path: Path) -> None:
         (tmp_path / rel).mkdir(parents=True)
         (tmp_path / rel / "config.yaml").write_text("name: x\n")
     assert scan_run_dirs(tmp_path) == [tmp_path / "grid" / "run-a"]
+
+
+@pytest.mark.parametrize("body", [
+    '{"format": 2, "runs": 5, "submissions": 3}',  # a fresh-user finding: TypeError traceback in slurm.status
+    '{"format": 2, "runs": {}, "submissions": 3}',
+    '{"format": 2, "runs": {}, "submissions": [{"number": "1"}]}',
+    '{"format": 2, "runs": {}, "submissions": [{"number": 1, "overrides": "a=b"}]}',
+    '{"format": 2, "runs": {"r": {"run_dir": 3}}}',
+    '{"format": 2, "runs": {"r": {"submission": "one"}}}',
+    '{"r": 5}',
+    '[1, 2]',
+])
+def test_manifest_of_the_wrong_shape_is_one_error_naming_the_file(tmp_path, body):
+    """Every reader of a grid's manifest.json (slurm.status, slurm.submit, the analysis
+    commands) gets one UserError naming the file for valid JSON of another shape."""
+    from experiments import manifest
+
+    (tmp_path / "manifest.json").write_text(body)
+    with pytest.raises(UserError) as info:
+        manifest.load(tmp_path)
+    assert "manifest.json" in str(info.value) and "\n" not in str(info.value)
