@@ -218,6 +218,8 @@ def bad_input_cases(tmp: Path, existing: Path) -> dict[str, list[str | Path]]:
         z.writestr("enwik8", enwik_like)
     truncated = tmp / "truncated.zip"
     truncated.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    empty = tmp / "empty.zip"
+    zipfile.ZipFile(empty, "w").close()  # starts with the end record, PK\x05\x06: was read as 22 raw bytes
     wrong = tmp / "wrong" / "enwik8.zip"
     wrong.parent.mkdir()
     wrong.write_bytes(bytes(36_445_475))  # the official size, not the official bytes
@@ -228,6 +230,8 @@ def bad_input_cases(tmp: Path, existing: Path) -> dict[str, list[str | Path]]:
         "missing text directory": ["prepare", "text", "--source", tmp / "absent", "--level", "word", *replace],
         "truncated zip": ["prepare", "enwik8", "--source", truncated, "--scaled-split", "1000", *replace],
         "truncated official zip": ["prepare", "enwik8", "--source", truncated, *replace],
+        "empty zip": ["prepare", "enwik8", "--source", empty, "--allow-unpinned", *replace],
+        "empty zip for text8": ["prepare", "text8", "--source", empty, "--allow-unpinned", *replace],
         "wrong checksum": ["prepare", "enwik8", "--source", wrong.parent, *replace],
         "wrong wikitext-103 zip": ["prepare", "wikitext-103", "--source", archive, *replace],
         "source too short for the split": ["prepare", "enwik8", "--source", archive, "--scaled-split", "200000", *replace],

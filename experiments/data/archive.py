@@ -84,9 +84,14 @@ def unpinned_warning(path: Path, archive: Archive, digest: str) -> str:
             f"{archive.file_name}: results on this data are not comparable with the paper's")
 
 
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
+"""A zip starts with a local file header, or with the end record when it is empty, or with the
+spanning marker: by magic, so a truncated zip is not mistaken for text, nor an empty one."""
+
+
 def is_zip(path: Path) -> bool:
     with open(path, "rb") as f:
-        return f.read(4) == b"PK\x03\x04"  # by magic, so a truncated zip is not mistaken for text
+        return f.read(4) in ZIP_MAGICS
 
 
 def read_byte_source(path: Path, member: str) -> bytes:
@@ -97,7 +102,8 @@ def read_byte_source(path: Path, member: str) -> bytes:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
             if member not in names and len(names) != 1:
-                raise UserError(f"{path}: the zip has no member {member!r} (it has {', '.join(names[:5])})")
+                raise UserError(f"{path}: the zip has no member {member!r} "
+                                f"({'it is empty' if not names else 'it has ' + ', '.join(names[:5])})")
             return archive.read(member if member in names else names[0])
     except (zipfile.BadZipFile, zlib.error, EOFError) as err:
         raise UserError(f"{path}: not a readable zip archive ({err}); truncated download?") from None
