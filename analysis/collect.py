@@ -237,6 +237,14 @@ def _identity(run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
             "seed": train.get("seed")}
 
 
+def _number(value: Any, where: str, notes: list[str]) -> Any:
+    """eval.json's `value` at `where` if it is a number or absent, else None and a note."""
+    if value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    notes.append(f"eval.json's {where} is not a number ({value!r}); read as missing")
+    return None
+
+
 def _mapping(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -259,12 +267,11 @@ def _eval_columns(result: dict[str, Any] | None, notes: list[str]) -> dict[str, 
     row: dict[str, Any] = {"unit": unit, "eval_full": True}
     for key, split in _EVAL_SPLITS.items():
         scores = _mapping(result.get(key))
-        row.update({f"{split}_loss": scores.get("loss"), f"{split}_{unit}": scores.get(unit),
-                    f"{split}_tokens": scores.get("tokens")})
+        row.update({f"{split}_{name}": _number(scores.get(name), f"{key}.{name}", notes) for name in ("loss", unit, "tokens")})
         row["eval_full"] = row["eval_full"] and scores.get("full", True)
     for key in ("params_total", "params_non_embedding", "params_persistent", "flops_per_token",
                 "tokens_per_s", "entropy_floor_bpc"):
-        row[key] = result.get(key)
+        row[key] = _number(result.get(key), key, notes)
     return row
 
 

@@ -101,8 +101,12 @@ def _grid_run_dirs(grid: Path, root: str | os.PathLike | None, overrides: Sequen
     else:  # never submitted through slurm.submit (runs placed there by hand): the grid's expansion
         dirs = [r.run_dir for r in selection.runs]
         note = f"{selection.grid_name}: no {FILENAME} in {grid_dir}: the grid file's runs found there"
+    absent = [d.name for d in dirs if not (d / RUN_MARKER).is_file()]
     dirs = [d for d in dirs if (d / RUN_MARKER).is_file()]
     print(note, file=sys.stderr)
+    if absent:  # a run writes its config.yaml when it starts
+        print(f"note: {len(absent)} of the runs have no {RUN_MARKER} in {grid_dir} (not started yet, or removed), "
+              f"left out: {', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''}", file=sys.stderr)
     if not dirs:
         flags = f" matching {selection.selection_flags()}" if selection.filtered else ""
         raise UserError(f"{grid}: no run directory in {grid_dir} for the submitted runs{flags} "

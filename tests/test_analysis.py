@@ -393,7 +393,10 @@ def test_grid_input_without_a_manifest_reads_the_expansion(tmp_path: Path, capsy
     (root / "four" / placed).mkdir(parents=True)
     (root / "four" / placed / "config.yaml").write_text("name: x\n")
     assert resolve_run_dirs([grid], root=root) == [(root / "four" / placed).resolve()]
-    assert "no manifest.json" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no manifest.json" in err
+    # the runs left out are said (a fresh-user finding: a run folder removed was dropped silently)
+    assert "note: 3 of the runs have no config.yaml" in err and "left out" in err
 
 
 def test_report_cli_on_a_grid_submitted_with_set_and_only(tmp_path: Path) -> None:

@@ -395,6 +395,22 @@ def test_case13_two_corpora_of_one_name_do_not_pool(tmp_path):
     assert list(summary["n"]) == [1, 1] and all(d.startswith("data_sha256=") for d in summary["differs"])
 
 
+def test_case09_eval_json_values_that_are_not_numbers_are_notes(tmp_path):
+    """A score or count of another type is read as missing with a note (a fresh-user finding: a
+    string dev bpc dropped the run from the report silently)."""
+    from analysis.collect import collect_runs
+
+    run = tmp_path / "run"
+    shutil.copytree(next(p for p in FIXTURE_RUNS.iterdir() if p.name.startswith("all-attention-n16-s1")), run)
+    result = json.loads((run / "eval.json").read_text())
+    result["valid"]["bpc"], result["params_total"] = "abc", [1]
+    (run / "eval.json").write_text(json.dumps(result))
+    row = collect_runs([run]).iloc[0]
+    assert "eval.json's valid.bpc is not a number ('abc'); read as missing" in row["notes"]
+    assert "eval.json's params_total is not a number ([1])" in row["notes"]
+    assert pd_isna(row["dev_bpc"]) and pd_isna(row["params_total"]) and row["test_bpc"] == result["test"]["bpc"]
+
+
 @pytest.mark.parametrize("content", [b'{"state": "DONE", "step": 4\xff00}', b"\x00" * 64, b'{"state": "DO',
                                      b"[1]", b'{"state": "DONE", "step": "x"}', b'{"state": 3}'],
                          ids=["non-utf8", "nul", "torn", "not-object", "bad-step", "bad-state"])
