@@ -41,7 +41,7 @@ from analysis.published import load_published
 from analysis.render import dataset_label, fmt_count
 from experiments.atomic import atomic_write_bytes, atomic_write_text
 from model.errors import UserError
-from experiments.cli import ArgumentParser, folder, run_cli
+from experiments.cli import ArgumentParser, folder, non_negative, run_cli
 
 RIGHT_LABELS = {"all_attention": "all-attn", "attn_split": "attn-split", "head_split": "head-split",
                 "single_head": "single-head", "ffn_attn": "FF-attn"}
@@ -365,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="draw published numbers (default on)")
     parser.add_argument("--claims", action=argparse.BooleanOptionalAction, default=True,
                         help="state the paper's claims under the panels (analysis.claims; default on)")
-    parser.add_argument("--delta", type=float, default=None,
+    parser.add_argument("--delta", type=non_negative, default=None,
                         help="equivalence margin of claim (a), in the metric's units (default 0.02 bpc, 0.5 ppl)")
     args = parser.parse_args(argv)
     runs = load_runs(args.inputs, **selection(args))

@@ -26,7 +26,7 @@ from analysis.collect import load_runs
 from analysis.inputs import add_inputs_argument, selection
 from analysis.render import fmt_count, fmt_delta, fmt_mean_std, fmt_value, latex_table, markdown_table
 from model.errors import UserError
-from experiments.cli import ArgumentParser, run_cli
+from experiments.cli import ArgumentParser, non_negative, run_cli
 
 COLUMNS = ["dataset", "variant", "num_persistent", "num_layers", "n", "metric", "mean", "std", "delta",
            "params_total", "delta_params", "flops_per_token", "delta_flops", "tokens_per_s",
@@ -111,9 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--metric", choices=("dev", "test"), default="dev", help="which split's score")
     parser.add_argument("--claims", action="store_true",
                         help="test the paper's three claims instead (paired over seeds, 95%% t-interval, verdict)")
-    parser.add_argument("--delta", type=float, default=None,
+    parser.add_argument("--delta", type=non_negative, default=None,
                         help="--claims: equivalence margin of claim (a) in the metric's units (default 0.02 bpc, 0.5 ppl)")
-    parser.add_argument("--param-tolerance", type=float, default=PARAM_TOLERANCE,
+    parser.add_argument("--param-tolerance", type=non_negative, default=PARAM_TOLERANCE,
                         help=f"--claims: relative difference still 'equal parameters' (default {PARAM_TOLERANCE:g})")
     args = parser.parse_args(argv)
     runs = load_runs(args.inputs, **selection(args))

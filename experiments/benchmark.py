@@ -36,7 +36,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from experiments.atomic import atomic_write_text
-from experiments.cli import ArgumentParser, output_file, run_cli
+from experiments.cli import ArgumentParser, at_least, output_file, run_cli
 from experiments.distributed import DistContext, resolve_device
 from experiments.memory_check import check_memory
 from experiments.run_config import RunConfig, load_run_config
@@ -44,7 +44,6 @@ from experiments.train_state import TrainState
 from experiments.train_step import TrainStep, apply_precision
 from model import build_model
 from model.attention import PROJECTION
-from model.errors import UserError
 from model.summary import summarize
 
 WARMUP_STEPS = 2
@@ -237,13 +236,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m experiments.benchmark", description=__doc__.split("\n")[0])
     parser.add_argument("config", help="run config YAML")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
+    parser.add_argument("--steps", type=at_least(1), default=10, help="timed steps (median reported)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--csv", type=Path, help="append the result as a row of this CSV")
     parser.add_argument("--profile", action="store_true", help="also profile 3 more steps: self CPU time by op kind and part")
     args = parser.parse_args(argv)
-    if args.steps < 1:
-        raise UserError("--steps must be >= 1")
     output_file(args.csv, "--csv")
     cfg = bench_config(args.config, args.set)
     device = resolve_device("cpu" if cfg.train.device == "cpu" else "auto", 0)  # a GPU config runs on CPU without one

@@ -27,7 +27,7 @@ import torch
 
 import model.layers
 from experiments.benchmark import attention_used, bench_config, new_step
-from experiments.cli import ArgumentParser, run_cli
+from experiments.cli import ArgumentParser, at_least, run_cli
 from experiments.run_config import RunConfig
 from model import attention
 from model.errors import UserError
@@ -102,10 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("config", help="run config YAML (CPU)")
     parser.add_argument("--old", type=Path, required=True, help="another tree's model/attention.py")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    parser.add_argument("--rounds", type=int, default=16, help=f"timed rounds (one step of each version), >= {MIN_ROUNDS}")
+    parser.add_argument("--rounds", type=at_least(MIN_ROUNDS), default=16, help=f"timed rounds (one step of each version), >= {MIN_ROUNDS}")
     args = parser.parse_args(argv)
-    if args.rounds < MIN_ROUNDS:
-        raise UserError(f"--rounds must be >= {MIN_ROUNDS}, got {args.rounds}")
     cfg = bench_config(args.config, args.set)
     check_config(cfg)
     versions = {"old": load_attention(args.old), "new": model.layers._banded_attention}

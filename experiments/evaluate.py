@@ -24,7 +24,7 @@ from typing import Sequence
 
 import torch
 
-from experiments.cli import ArgumentParser, run_cli
+from experiments.cli import ArgumentParser, at_least, run_cli
 from experiments.data import encode_text, load_corpus
 from experiments.distributed import DistContext, resolve_device
 from experiments.evaluation import SPLITS, evaluate_tokens
@@ -62,21 +62,17 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("config", help="run config YAML")
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint folder or .pt file")
     parser.add_argument("--text", type=Path, help="raw text file to evaluate instead of the prepared splits")
-    parser.add_argument("--batch-size", type=int, help="evaluation rows (default: eval.batch_size)")
+    parser.add_argument("--batch-size", type=at_least(1), help="evaluation rows (default: eval.batch_size)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                         help="precision of the weights, caches and arithmetic (default: float32)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where to evaluate (default: auto, the GPU when one is visible)")
-    parser.add_argument("--max-tokens", type=int, help="tokens per split at most (default: the whole split)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--max-tokens", type=at_least(1), help="tokens per split at most (default: the whole split)")
+    parser.add_argument("--threads", type=at_least(0), default=0, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--allow-config-mismatch", action="store_true",
                         help="evaluate a checkpoint trained with another config (both hashes are recorded)")
     args = parser.parse_args(argv)
-    if args.max_tokens is not None and args.max_tokens < 1:
-        raise UserError(f"--max-tokens must be >= 1, got {args.max_tokens}")
-    if args.threads < 0:
-        raise UserError(f"--threads must be >= 0, got {args.threads}")
     return args
 
 

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from experiments.benchmark import benchmark, machine
-from experiments.cli import ArgumentParser, output_file, run_cli
+from experiments.cli import ArgumentParser, at_least, output_file, run_cli
 from experiments.config import read_yaml_file
 from experiments.distributed import DistContext, resolve_device
 from experiments.run_config import RunConfig, run_config_from_dict
@@ -252,9 +252,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--small", action="store_true", help="small shapes (a CPU runs the check in seconds)")
     parser.add_argument("--out", type=Path, help="also append the JSON lines to this file")
-    parser.add_argument("--steps", type=int, help="bf16 training updates per variant (default 50; 3 with --small)")
-    parser.add_argument("--batch", type=int, default=4, help="rows of the enwik8-small throughput step (default 4)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--steps", type=at_least(1), help="bf16 training updates per variant (default 50; 3 with --small)")
+    parser.add_argument("--batch", type=at_least(1), default=4, help="rows of the enwik8-small throughput step (default 4)")
+    parser.add_argument("--threads", type=at_least(0), default=0, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

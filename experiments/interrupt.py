@@ -24,7 +24,9 @@ SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
 """The signals always trapped; `stop_signals()` adds the registered time-limit signals.
 SIGINT (Ctrl-C in a terminal) is handled as SIGTERM: checkpoint at the next step boundary,
 then stop (exit 130, status PENDING); a second Ctrl-C before that stops at once
-(KeyboardInterrupt; the previous checkpoint stays)."""
+(KeyboardInterrupt; the previous checkpoint stays). A process started with SIGINT ignored
+keeps ignoring it, as shells leave background jobs: slurm.submit starts its local runs so,
+and a Ctrl-C meant for the submitting command must not stop them."""
 
 _REQUEUE_EXTRA: list[int] = []
 
@@ -70,6 +72,8 @@ class InterruptFlag:
     def __enter__(self) -> "InterruptFlag":
         self._signals = stop_signals()
         for signum in self._signals:
+            if signum == signal.SIGINT and signal.getsignal(signum) is signal.SIG_IGN:
+                continue  # started with Ctrl-C ignored (slurm.submit's local runs, `cmd &`): it stays ignored
             self._previous[signum] = signal.signal(signum, self._record)
         return self
 

@@ -22,7 +22,9 @@ as background processes here), K at a time (default: this machine's cores divide
 the cores a run asks for). There is no scheduler to hold the queue, so this command
 does: it stays until the last run has *started* (with `--wait`, until every run has
 ended), and returns at once when all fit. Interrupting it leaves the runs not yet
-started unsubmitted (`slurm.status` shows them so; submitting again starts them).
+started unsubmitted (`slurm.status` shows them so; submitting again starts them) and the
+started ones training: they run with SIGINT ignored, so a Ctrl-C in the terminal (sent to
+its whole foreground process group) does not reach them; `slurm.status --cancel` stops them.
 
 `--force` reruns DONE runs: the old directory moves to `<root>/<grid>/.replaced/<run_id>-<time>/`,
 out of the grid's runs (analysis reads the manifest's runs, and counts copies once).
@@ -42,6 +44,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
 import time
 from contextlib import contextmanager
@@ -61,7 +64,7 @@ from experiments.store import Placement, claim, locate
 from experiments.train import prepare_run_dir
 from model.errors import UserError
 from model.summary import activation_bytes, count_parameters, summarize
-from experiments.cli import ArgumentParser, folder, run_cli
+from experiments.cli import ArgumentParser, at_least, folder, run_cli
 from slurm import manifest, progress
 from slurm.job import MAX_NUM_TIMEOUT, TrainingJob
 from slurm.profile import ClusterProfile, load_profile, profile_label
@@ -331,9 +334,13 @@ def submit_group(grid_dir: Path, runs: list[PlannedRun], executor: submitit.Exec
 
 @contextmanager
 def _controllers_detached(executor: submitit.Executor, log: Path) -> Iterator[None]:
-    """The local executor starts each job's controller with Popen, inheriting this process's stdout
-    and stderr: a pipe (`slurm.submit ... | tail`) then stays open until the last run ends. The
-    controllers get `log` instead (each run's own output goes to its own log files anyway)."""
+    """The local executor starts each job's controller with Popen, inheriting this process's stdout,
+    stderr and signal dispositions. Its output: a pipe (`slurm.submit ... | tail`) would stay open
+    until the last run ends, so the controllers get `log` instead (each run's own output goes to
+    its own log files anyway). Its SIGINT: a Ctrl-C in the terminal reaches the whole foreground
+    process group, and the controller would then kill its run (SIGINT, SIGKILL a second later,
+    leaving it LOST); started with SIGINT ignored, the controller and its run keep it ignored
+    (experiments/interrupt.py), so interrupting this command stops only the submitting."""
     if executor.cluster != "local":
         yield
         return
@@ -341,12 +348,14 @@ def _controllers_detached(executor: submitit.Executor, log: Path) -> Iterator[No
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
     log.parent.mkdir(parents=True, exist_ok=True)
+    interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         with open(log, "ab") as sink:
             os.dup2(sink.fileno(), 1)
             os.dup2(sink.fileno(), 2)
         yield
     finally:
+        signal.signal(signal.SIGINT, interrupt)
         for fd, saved_fd in zip((1, 2), saved):
             os.dup2(saved_fd, fd)
             os.close(saved_fd)
@@ -399,15 +408,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true", help="print the plan and write the sbatch script; submit nothing")
     parser.add_argument("--force", action="store_true",
                         help=f"rerun DONE runs (their old directory moves to <grid>/{REPLACED}/)")
-    parser.add_argument("--max-parallel", type=int, default=None,
+    parser.add_argument("--max-parallel", type=at_least(1), default=None,
                         help="runs at once (SLURM: the array throttle, default 64; local executor: default "
                              "this machine's cores // the cores a run asks for)")
     parser.add_argument("--root", type=folder, default=DEFAULT_ROOT, help=f"results root (default {DEFAULT_ROOT})")
     add_selection_arguments(parser, purpose="submit")
     parser.add_argument("--wait", action="store_true", help="wait for the submitted jobs and report how they ended")
     args = parser.parse_args(argv)
-    if args.max_parallel is not None and args.max_parallel < 1:
-        parser.error("--max-parallel must be >= 1")
     return args
 
 
@@ -436,11 +443,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("warning: submitting from inside a SLURM allocation; the job's SLURM_* variables are cleared "
               "for the submission", file=sys.stderr)
     submission = manifest.new_submission(args.grid, args.set, args.only)
-    jobs = submit_planned(args.root / grid.name, planned, profile, local, max_parallel, args.force, submission)
-    if not args.wait:
-        return 0
-    # record_jobs numbered this command's submission in place (another command may have recorded one since)
-    return progress.wait(jobs, submission=f"#{submission.number}" if jobs and submission.number else "-")
+    try:
+        jobs = submit_planned(args.root / grid.name, planned, profile, local, max_parallel, args.force, submission)
+        if not args.wait:
+            return 0
+        # record_jobs numbered this command's submission in place (another command may have recorded one since)
+        return progress.wait(jobs, submission=f"#{submission.number}" if jobs and submission.number else "-")
+    except KeyboardInterrupt:
+        print(f"interrupted: the runs already started keep running (python -m slurm.status {args.grid} "
+              f"{'--root ' + str(args.root) + ' ' if args.root != DEFAULT_ROOT else ''}shows them; --cancel stops "
+              f"them); the runs not started stay unsubmitted (submit again to start them)", file=sys.stderr)
+        return 130
 
 
 def submit_planned(grid_dir: Path, planned: list[PlannedRun], profile: ClusterProfile, local: bool,
@@ -490,7 +503,7 @@ def _submit_local(grid_dir: Path, runs: list[PlannedRun], profile: ClusterProfil
     when the last one has started (see the module docstring)."""
     if len(runs) > max_parallel:
         print(f"local executor: {len(runs)} runs, {max_parallel} at a time: this command stays until the last "
-              "one has started (interrupted, the runs not started yet stay unsubmitted)", flush=True)
+              "one has started (interrupted, the runs not started yet stay unsubmitted, the started ones train on)", flush=True)
     pending, running, jobs = list(runs), [], []
     while pending:
         running = [job for job in running if not job.done()]

@@ -126,3 +126,24 @@ def test_every_folder_flag_that_is_a_file_is_one_line_before_any_work(module, ar
             run_cli(main, [*argv, str(target)])
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1 and message in err and argv[-1] in err, err
+
+
+COUNT_FLAGS = [("experiments.evaluate", ["c.yaml", "--checkpoint", "x", "--batch-size"], "0"),
+               ("experiments.evaluate", ["c.yaml", "--checkpoint", "x", "--max-tokens"], "-1"),
+               ("experiments.benchmark", ["c.yaml", "--steps"], "0"),
+               ("experiments.benchmark_ab", ["c.yaml", "--old", "x.py", "--rounds"], "4"),
+               ("experiments.gpu_check", ["--threads"], "-1"),
+               ("slurm.submit", ["g.yaml", "--executor", "local", "--max-parallel"], "0"),
+               ("analysis.report", ["runs", "--param-tolerance"], "-0.5"),
+               ("analysis.figure2", ["runs", "--delta"], "nan")]
+
+
+@pytest.mark.parametrize(("module", "argv", "value"), COUNT_FLAGS, ids=[f"{m} {a[-1]}" for m, a, _ in COUNT_FLAGS])
+def test_every_count_or_margin_flag_out_of_range_is_one_line(module, argv, value, capsys):
+    """Counts and margins are checked by argparse: evaluate --batch-size 0 used to fall back to
+    the config's silently, -1 to fail later, --param-tolerance -0.5 was accepted."""
+    main = importlib.import_module(module).main
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main, [*argv, value])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1 and f"argument {argv[-1]}: must be" in err, err

@@ -88,7 +88,7 @@ def test_benchmark_ab_alternates_two_attention_files_in_one_process(tmp_path, ca
              (("--old", str(tmp_path / "signature.py")), "takes (a), this tree's (q, history"),
              (("--old", own, "--set", "train.device=cuda"), "train.device is cuda"),
              (("--old", own, "--set", "model.attention=fused"), "model.attention is fused"),
-             (("--old", own, "--rounds", "4"), "--rounds must be >= 8")]
+             (("--old", own, "--rounds", "4"), "argument --rounds: must be >= 8")]
     for extra, message in cases:
         code, _, err = run(*extra)
         assert code == 2 and err.count("\n") == 1 and message in err, (extra, err)

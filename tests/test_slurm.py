@@ -594,3 +594,26 @@ def test_local_submit_into_a_pipe_returns_while_its_runs_train(corpus, tmp_path)
     assert _status(run_dir).get("state") in ("PENDING", "RUNNING")
     assert "cancelled 1" in status(grid, root, "--cancel")
     wait_done(grid, root, timeout=120)
+
+
+def test_ctrl_c_on_a_local_submit_stops_the_submitting_not_the_started_runs(corpus, tmp_path):
+    """A terminal's Ctrl-C reaches its whole foreground process group. The runs that
+    `slurm.submit --executor local` started ignore it and train on to DONE; the command says so
+    and exits 130 (a fresh-user finding: the job controllers killed their runs, left LOST)."""
+    import signal
+
+    grid = _long_run(tmp_path, corpus, "ctrlc", steps=1500)
+    root = tmp_path / "root"
+    proc = subprocess.Popen([sys.executable, "-m", "slurm.submit", str(grid), "--root", str(root), "--executor", "local",
+                             "--wait"], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, as a terminal's foreground job
+    (run_dir,) = load_grid(grid).run_dirs(root)
+    deadline = time.time() + 120
+    while not (_status(run_dir).get("state") == "RUNNING" and _status(run_dir).get("step", 0) > 0):
+        assert time.time() < deadline and proc.poll() is None, "the run never started training"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+    _, err = proc.communicate(timeout=60)
+    (final,) = wait_done(grid, root, timeout=300)
+    assert final["state"] == "DONE" and final["step"] == 1500, final
+    assert proc.returncode == 130 and "the runs already started keep running" in err, err
