@@ -36,6 +36,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError("batch_size", f"must be >= 1, got {self.batch_size}")
+        if not self.splits:
+            raise ConfigError("splits", f"must name at least one of {', '.join(SPLITS)} (the analysis reads the final evaluation)")
         for split in self.splits:
             if split not in SPLITS:
                 raise ConfigError("splits", f"unknown split {split!r}; choose from {', '.join(SPLITS)}")

@@ -106,6 +106,7 @@ MALFORMED = [
     (_replace("  dropout: 0.1\n", "  dropout: 0.1\n  adaptive_span:\n    loss_coef: 1e-7\n"), "model.adaptive_span.loss_coef"),
     (_replace("dataset: lexicon", "dataset: enwik9"), "data.dataset"),
     (VALID + "eval:\n  splits: [dev]\n", "eval.splits"),
+    (VALID + "eval:\n  splits: []\n", "eval.splits"),  # a run with nothing to compare at its end
     ("model: [unclosed\n", "invalid YAML"),
 ]
 
