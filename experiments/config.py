@@ -92,6 +92,8 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict:
     path = path.resolve()
     if path in chain:
         raise ConfigError("base", f"inheritance cycle: {' -> '.join(p.name for p in chain + (path,))}")
+    if path.is_dir():
+        raise ConfigError("", f"{path} is a directory, not a config file")
     if not path.is_file():
         raise ConfigError("", f"config file not found: {path}")
     data = parse_yaml(read_text(path), source=str(path))

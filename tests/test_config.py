@@ -156,6 +156,15 @@ def test_config_file_that_is_not_utf8_is_one_config_error(tmp_path, content):
         load_run_config(child)
 
 
+def test_config_path_that_is_a_directory_is_named_so(tmp_path):
+    """It said 'config file not found' (a fresh-user finding), also for a base."""
+    with pytest.raises(ConfigError, match="is a directory, not a config file"):
+        load_run_config(tmp_path)
+    (tmp_path / "child.yaml").write_text("base: .\n")
+    with pytest.raises(ConfigError, match="is a directory, not a config file"):
+        load_run_config(tmp_path / "child.yaml")
+
+
 AUTHORS_PARAMS = {  # the authors' released code's count for the same geometry and vocabulary (V 205 / 27 / 267,735)
     "enwik8_small": 38_501_725, "enwik8_large": 114_017_773, "text8_small": 38_319_275,
     "text8_large": 113_835_323, "wikitext103": 132_493_746,
