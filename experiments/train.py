@@ -121,6 +121,10 @@ def _preflight(cfg: RunConfig, ctx: DistContext) -> Corpus:
     checked): read-only; the contract's warnings logged."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        if ctx.is_main and cpus and cfg.train.threads > cpus:  # oversubscribed: each step many times slower
+            log.warning("train.threads is %d but this process may use %d CPUs: the threads will contend",
+                        cfg.train.threads, cpus)
     for warning in check_run(cfg, ctx.world_size):
         if ctx.is_main:
             log.warning("%s", warning)
