@@ -95,8 +95,9 @@ def _check_set_once(sweep: dict, explicit: list[dict], seeds: list[int] | None) 
         raise ConfigError("seeds", "train.seed is also swept by grid: give the seeds in one place")
     for index, run in enumerate(explicit):
         keys = _dotted(_expand_dotted(run, f"runs[{index}]"))
-        for key in sorted(keys & set(sweep)):
-            raise ConfigError(f"runs[{index}].{key}", "is also swept by grid: give its values in one place")
+        twice = sorted(keys & set(sweep))
+        if twice:
+            raise ConfigError(f"runs[{index}].{twice[0]}", "is also swept by grid: give its values in one place")
         if seeds is not None and "train.seed" in keys:
             raise ConfigError(f"runs[{index}].train.seed", "is also set by seeds: give the seeds in one place")
 

@@ -4,6 +4,7 @@ It never changes results, so it is left out of the run's identity hash.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from model.errors import ConfigError
@@ -38,3 +39,8 @@ class SlurmConfig:
     @property
     def tasks_per_node(self) -> int:
         return self.gpus_per_node or self.cpu_tasks_per_node
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: what SLURM or taskset gave it), at least 1."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

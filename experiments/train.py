@@ -34,6 +34,7 @@ from experiments.data import Corpus, load_corpus
 from experiments.data.archive import sha256_file
 from experiments.distributed import DistContext, init_distributed, shutdown_distributed
 from experiments.memory_check import check_memory
+from experiments.resources import usable_cpus
 from experiments.run_config import RunConfig, data_path, find_run_dir, load_run_config
 from experiments.run_dir import LOCK_FILE, PROJECT_ROOT, OwnerLock, RunDir
 from experiments.train_step import NonFiniteLoss
@@ -121,8 +122,8 @@ def _preflight(cfg: RunConfig, ctx: DistContext) -> Corpus:
     checked): read-only; the contract's warnings logged."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        if ctx.is_main and cpus and cfg.train.threads > cpus:  # oversubscribed: each step many times slower
+        cpus = usable_cpus()
+        if ctx.is_main and cfg.train.threads > cpus:  # oversubscribed: each step many times slower
             log.warning("train.threads is %d but this process may use %d CPUs: the threads will contend",
                         cfg.train.threads, cpus)
     for warning in check_run(cfg, ctx.world_size):

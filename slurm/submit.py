@@ -58,6 +58,7 @@ from experiments.atomic import atomic_write_text
 from experiments.contract import check_run, planned_processes
 from experiments.grid import DEFAULT_ROOT, Grid, load_grid
 from experiments.manifest import add_selection_arguments
+from experiments.resources import usable_cpus
 from experiments.run_config import RunConfig
 from experiments.run_dir import RunDir
 from experiments.store import Placement, claim, locate
@@ -420,7 +421,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def local_parallel(planned: list[PlannedRun]) -> int:
     """Runs at once on this machine: its cores over the most cores one run asks for."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cpus()
     per_run = max((p.cfg.slurm.cpus_per_task * p.cfg.slurm.tasks_per_node for p in planned), default=1)
     return max(1, cores // per_run)
 
