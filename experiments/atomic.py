@@ -9,11 +9,12 @@ status.json, eval.json, config.yaml and checkpoints unreadable by teammates.
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, IO
+
+from experiments import strict_json
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
@@ -79,4 +80,4 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, strict_json.dumps(obj, indent=2, sort_keys=True) + "\n")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import platform
 import resource
 import statistics
@@ -36,6 +35,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from experiments.atomic import atomic_write_text
+from experiments import strict_json
 from experiments.cli import ArgumentParser, at_least, output_file, run_cli
 from experiments.distributed import DistContext, resolve_device
 from experiments.memory_check import check_memory
@@ -253,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.csv:
         append_csv(args.csv, result)
     if args.json:
-        print(json.dumps(result | ({"profile": breakdown} if breakdown else {})))
+        print(strict_json.dumps(result | ({"profile": breakdown} if breakdown else {})))
     else:
         print(f"{result['name']}: {result['tokens_per_s']:,.0f} tokens/s, {result['ms_per_step']:.1f} ms/step, "
               f"{result['precision']}, {result['attention']} attention, model-MFU {100 * result['model_mfu']:.1f}% "

@@ -18,13 +18,15 @@ with: evaluating it with another config is refused in one line, unless
 from __future__ import annotations
 
 import argparse
-import json
+import math
+import sys
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from experiments.cli import ArgumentParser, at_least, run_cli
+from experiments import strict_json
 from experiments.data import encode_text, load_corpus
 from experiments.distributed import DistContext, resolve_device
 from experiments.evaluation import SPLITS, evaluate_tokens
@@ -96,7 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sources = {"text": encode_text(args.text, corpus.meta)} if args.text else {s: corpus.split(s) for s in SPLITS}
     for name, tokens in sources.items():
         record = evaluate_tokens(model, tokens, cfg.train.block_size, batch, ctx, corpus.unit, args.max_tokens)
-        print(json.dumps({"split": name, **record, **identity}))
+        if not math.isfinite(record["loss"]):
+            print(f"note: {name}: the loss is {record['loss']} (are the weights finite?); "
+                  "the line says null", file=sys.stderr)
+        print(strict_json.dumps({"split": name, **record, **identity}))
     return 0
 
 

@@ -46,8 +46,14 @@ class EvalConfig:
 
 
 def unit_value(loss: float, unit: str) -> float:
-    """`loss` (nats per token) in the corpus's unit: bits per character ('bpc') or perplexity ('ppl')."""
-    return loss / math.log(2) if unit == "bpc" else math.exp(loss)
+    """`loss` (nats per token) in the corpus's unit: bits per character ('bpc') or perplexity ('ppl');
+    a perplexity past the float range (loss > 709.78 nats) is inf, where math.exp raises."""
+    if unit == "bpc":
+        return loss / math.log(2)
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
 
 
 class EvaluationStopped(Exception):

@@ -30,7 +30,6 @@ Exit status 1 when a check fails.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 import warnings
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 
 from experiments.benchmark import benchmark, machine
+from experiments import strict_json
 from experiments.cli import ArgumentParser, at_least, output_file, run_cli
 from experiments.config import read_yaml_file
 from experiments.distributed import DistContext, resolve_device
@@ -83,7 +83,7 @@ class Report:
     def __call__(self, record: dict[str, Any]) -> None:
         if record.get("ok") is False:
             self.failed += 1
-        line = json.dumps(record)
+        line = strict_json.dumps(record)
         print(line, flush=True)
         if self.out is not None:
             with self.out.open("a", encoding="utf-8") as f:

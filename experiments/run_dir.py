@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from experiments.atomic import atomic_write_json, atomic_write_text
+from experiments import strict_json
 from model.errors import UserError
 
 STATES = ("PENDING", "RUNNING", "DONE", "FAILED", "CANCELLED")
@@ -70,12 +71,12 @@ class RunDir:
         except OSError as err:
             if err.errno not in (errno.ENOSPC, errno.EDQUOT) or not self.status_file.exists():
                 raise
-            _rewrite_in_place(self.status_file, (json.dumps(status, indent=2, sort_keys=True) + "\n").encode())
+            _rewrite_in_place(self.status_file, (strict_json.dumps(status, indent=2, sort_keys=True) + "\n").encode())
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         try:
             with open(self.metrics, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record, sort_keys=True) + "\n")
+                f.write(strict_json.dumps(record, sort_keys=True) + "\n")
                 f.flush()
         except OSError as err:
             err.filename = err.filename or str(self.metrics)  # a failed write names no file: say which

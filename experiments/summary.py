@@ -8,12 +8,12 @@ none`), for the processes the `slurm:` section starts. Two checkpoints are kept.
 """
 from __future__ import annotations
 
-import json
 from typing import Sequence
 
 import torch
 
 from experiments.cli import ArgumentParser, run_cli
+from experiments import strict_json
 from experiments.contract import planned_processes
 from experiments.run_config import RunConfig, load_run_config
 from model import build_model
@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              **summarize(cfg.model, max(1, per_gpu_batch), cfg.train.block_size)}
     facts["checkpoint_bytes"] = checkpoint_bytes(cfg)
     if args.json:
-        print(json.dumps(facts))
+        print(strict_json.dumps(facts))
         return 0
     print(f"{cfg.name} ({cfg.model.variant}, {cfg.model.num_layers} layers, d {cfg.model.d_model}, "
           f"N {cfg.model.num_persistent}, span {cfg.model.attn_span})")

@@ -100,7 +100,8 @@ class Checkpointer:
                     "silently: move them away, or pass --restart to start the run over")
             return None
         shared = loaded.shared
-        if shared.get("config_hash") not in self.accepted_hashes:
+        trained = shared.get("config_hash")
+        if not isinstance(trained, str) or trained not in self.accepted_hashes:
             raise UserError(f"checkpoints in {self.root} belong to another config; move them away to restart")
         self.model.load_state_dict(shared["model"])
         self.optimizer.load_state_dict(shared["optimizer"])
@@ -165,9 +166,14 @@ def accepted_hashes(cfg: RunConfig, run_dir: RunDir) -> set[str]:
 def config_mismatch(cfg: RunConfig, shared: dict[str, Any]) -> str | None:
     """Why a checkpoint's `shared` payload was not trained with `cfg` (its config hash differs), in
     words naming the differing fields when the checkpoint holds its config; None when it matches or
-    carries no hash (e.g. a converted file of the authors)."""
+    carries no hash (e.g. a converted file of the authors). A hash that is not a string is a
+    damaged file's, never a match."""
     trained = shared.get("config_hash")
-    if not isinstance(trained, str) or trained in cfg.known_hashes():
+    if trained is None:
+        return None
+    if not isinstance(trained, str):
+        return f"its config hash {trained!r} is not a hash: a damaged or foreign file"
+    if trained in cfg.known_hashes():
         return None
     theirs = shared.get("config")
     if not isinstance(theirs, dict):

@@ -33,6 +33,8 @@ from typing import Any, Sequence
 
 import submitit
 
+from experiments import strict_json
+
 ATTEMPTS_FILE = "attempts.jsonl"
 MAX_NUM_TIMEOUT = 1_000_000
 """submitit's max_num_timeout: out of reach, so that `TrainingJob.checkpoint` decides on progress."""
@@ -162,7 +164,7 @@ def record_attempt(run_dir: Path, attempt: int, event: str, step: int, **fields:
               "host": socket.gethostname(), **fields}
     try:
         with open(Path(run_dir) / ATTEMPTS_FILE, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.write(strict_json.dumps(record, sort_keys=True) + "\n")
             f.flush()
     except OSError:  # a full disk must not turn a requeue into a failure: the record is only informative
         pass

@@ -429,6 +429,56 @@ def test_compiled_training_matches_eager(corpus, tmp_path):
             torch.testing.assert_close(p, q, rtol=0, atol=1e-5, msg=name)
 
 
+def _strict_json(line: str) -> dict:
+    """json.loads that refuses NaN and Infinity, as strict JSON readers (jq, JavaScript) do."""
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_evaluate_on_damaged_weights_or_hash_writes_strict_json_or_refuses(reference_run, tmp_path):
+    """NaN weights printed "loss": NaN (not JSON); a config hash that is not a string (5) was read as
+    no hash, so a damaged file evaluated as matching the config (`config_mismatch: false`)."""
+    config, run_dir = reference_run
+    shared = torch.load(checkpoint.complete_checkpoints(run_dir / "checkpoints")[-1] / "shared.pt", weights_only=True)
+    broken = {name: torch.full_like(value, float("nan")) if value.is_floating_point() else value
+              for name, value in shared["model"].items()}
+    nan_file, hash_file = tmp_path / "nan.pt", tmp_path / "hash.pt"
+    torch.save({**shared, "model": broken}, nan_file)
+    torch.save({**shared, "config_hash": 5}, hash_file)
+    cmd = [sys.executable, "-m", "experiments.evaluate", str(config), "--batch-size", "2", "--max-tokens", "64",
+           "--checkpoint"]
+    proc = subprocess.run(cmd + [str(nan_file)], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    records = [_strict_json(line) for line in proc.stdout.splitlines()]
+    assert [(r["loss"], r["bpc"]) for r in records] == [(None, None)] * 2
+    assert "valid: the loss is nan" in proc.stderr
+    refused = subprocess.run(cmd + [str(hash_file)], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "config hash 5 is not a hash" in refused.stderr
+
+
+def test_records_are_strict_json_and_a_huge_perplexity_is_inf(tmp_path):
+    """Every record writer (status, metrics, eval, attempts) goes through strict_json; math.exp
+    raised OverflowError for a loss past 709.78 nats."""
+    from experiments.evaluation import unit_value
+    from experiments.run_dir import RunDir
+    from slurm.job import ATTEMPTS_FILE, record_attempt
+
+    assert unit_value(710.0, "ppl") == math.inf and unit_value(710.0, "bpc") == pytest.approx(710 / math.log(2))
+    run = RunDir(tmp_path)
+    run.path.mkdir(exist_ok=True)
+    run.write_status("RUNNING", loss=float("nan"), spans=[1.0, float("inf")])
+    run.append_metrics({"split": "train", "loss": float("-inf")})
+    run.write_eval({"valid": {"loss": float("nan"), "ppl": math.inf}})
+    record_attempt(tmp_path, 1, "started", 0, loss=float("nan"))
+    status = _strict_json(run.status_file.read_text())
+    assert status["loss"] is None and status["spans"] == [1.0, None]
+    assert _strict_json(run.metrics.read_text())["loss"] is None
+    assert _strict_json(run.eval_file.read_text()) == {"valid": {"loss": None, "ppl": None}}
+    assert _strict_json((tmp_path / ATTEMPTS_FILE).read_text())["loss"] is None
+
+
 def test_evaluate_command_takes_device_max_tokens_and_threads(reference_run, tmp_path):
     config, run_dir = reference_run
     ckpt = checkpoint.complete_checkpoints(run_dir / "checkpoints")[0]
