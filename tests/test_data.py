@@ -103,6 +103,18 @@ def test_frequency_order_sorts_by_train_count_with_ties_by_first_appearance(tmp_
     assert load_corpus(tmp_path / "a").vocab == ["b", "a", "c", EOS, "d", "new", "later"]
 
 
+def test_a_split_with_two_candidate_files_is_refused(tmp_path: Path) -> None:
+    """train.txt next to wiki.train.tokens: one of them was taken silently."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for split in ("train", "valid", "test"):
+        (source / f"{split}.txt").write_text("a b\n", encoding="utf-8")
+    (source / "wiki.train.tokens").write_text("c d\n", encoding="utf-8")
+    with pytest.raises(UserError, match="train.txt and wiki.train.tokens both hold the train split"):
+        main(["prepare", "text", "--source", str(source), "--level", "word", "--out", str(tmp_path / "w")])
+    assert not (tmp_path / "w").exists()
+
+
 # ---------------------------------------------------------------- the embedded corpus
 
 

@@ -43,11 +43,16 @@ def prepare(args: argparse.Namespace, work: Path) -> Prepared:
 
 
 def split_file(root: Path, split: str) -> Path:
+    """The one file of `split` in `root`; UserError when there is none, or more than one (WikiText's
+    .tokens and .raw side by side differ in content: taking either silently would be a guess)."""
     candidates = [root / pattern.format(split=split) for pattern in SPLIT_FILE_NAMES]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise UserError(f"{root}: no {split} split (looked for {', '.join(c.name for c in candidates)})")
+    found = [candidate for candidate in candidates if candidate.is_file()]
+    if len(found) > 1:
+        raise UserError(f"{root}: {' and '.join(f.name for f in found)} both hold the {split} split; "
+                        "point --source at a directory with one of them")
+    if not found:
+        raise UserError(f"{root}: no {split} split (looked for {', '.join(c.name for c in candidates)})")
+    return found[0]
 
 
 def default_out(args: argparse.Namespace) -> str:
