@@ -20,12 +20,20 @@ attempts in a row without progress the run stops with status PENDING, stage
 grid continues it with a fresh count. Every attempt is recorded in
 `<run_dir>/attempts.jsonl` (start and end step, outcome, job id), which
 `slurm.status` shows.
+
+**A local job's trainer dies with its controller.** Under submitit's local executor the
+job id is the pid of submitit's controller, which `slurm.status` checks and `--cancel`
+signals; a trainer that outlived a killed controller would train on where neither sees it.
+It asks Linux for SIGTERM when its parent dies (`prctl(PR_SET_PDEATHSIG)`): it then
+checkpoints and exits, as on a SLURM preemption, and resubmitting resumes it.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
+import sys
 import socket
 import time
 from pathlib import Path
@@ -72,6 +80,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
         # First, before any slow import: a time-limit signal other than submitit's would otherwise
         # kill the process (HUP's default action) instead of checkpointing.
         self._trap_stop_signals()
+        _stop_with_local_controller()
         try:
             return self._train()
         except _Stall as stall:  # from checkpoint(), wherever the signal found the process
@@ -195,6 +204,24 @@ def read_attempts(run_dir: Path) -> list[dict[str, Any]]:
         if current["end"] is None and following["start"] is not None:  # killed: the next one resumed from here
             current["end"], current["outcome"] = following["start"], current["outcome"] or "killed"
     return ordered
+
+
+PR_SET_PDEATHSIG = 1
+"""prctl(2) option: the signal this process gets when the thread that started it exits."""
+
+
+def _stop_with_local_controller() -> None:
+    """Under the local executor, SIGTERM (checkpoint, then exit) when submitit's controller dies
+    (the module docstring); nothing elsewhere (SLURM stops a job's processes itself)."""
+    controller = os.environ.get("SUBMITIT_LOCAL_JOB_ID")
+    if os.environ.get("SUBMITIT_EXECUTOR") != "local" or not controller or not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    # The job id is the controller's pid, the parent, unless a setup shell runs the controller (then
+    # it is the shell's). A parent that died before the request sends nothing: do not start.
+    if not os.environ.get("SUBMITIT_LOCAL_WITH_SHELL") and str(os.getppid()) != controller:
+        raise RunInterrupted(f"submitit's controller (pid {controller}) exited before the run started; "
+                             "resubmitting the grid starts it")
 
 
 def _global_rank() -> int:

@@ -596,6 +596,37 @@ def test_local_submit_into_a_pipe_returns_while_its_runs_train(corpus, tmp_path)
     wait_done(grid, root, timeout=120)
 
 
+def test_killing_a_local_job_stops_its_trainer_at_a_checkpoint_and_a_resubmission_resumes(corpus, tmp_path):
+    """The job id slurm.status shows for a local run is submitit's controller. Killing it (kill -9)
+    left the trainer training as an orphan: shown LOST, out of --cancel's reach, and a resubmission
+    failed on the busy run directory (a fresh-user finding). The trainer now stops with it."""
+    import signal
+
+    from experiments.run_dir import LOCK_FILE, OwnerLock
+
+    grid = _long_run(tmp_path, corpus, "orphan", steps=100000)
+    root = tmp_path / "root"
+    assert submit(grid, root, "--executor", "local").returncode == 0
+    (run_dir,) = load_grid(grid).run_dirs(root)
+    deadline = time.time() + 120
+    while not (_status(run_dir).get("state") == "RUNNING" and _status(run_dir).get("step", 0) > 0):
+        assert time.time() < deadline, "the run never started training"
+        time.sleep(0.2)
+    (job,) = manifest.own_live_runs(root / "orphan").values()
+    os.kill(int(job), signal.SIGKILL)
+    deadline = time.time() + 60
+    while _status(run_dir).get("state") == "RUNNING":  # the trainer checkpoints, then leaves PENDING
+        assert time.time() < deadline, "the trainer outlived its killed controller"
+        time.sleep(0.2)
+    OwnerLock.take(run_dir / LOCK_FILE).release()  # nobody trains it any more
+    stopped = _status(run_dir)
+    assert stopped["state"] == "PENDING" and stopped["step"] > 0, stopped
+    assert "LOST" in status(grid, root)
+    assert submit(grid, root, "--executor", "local").returncode == 0  # resumes from the checkpoint
+    _wait_for(lambda: _status(run_dir).get("step", 0) > stopped["step"], "the resumed run")
+    assert "cancelled 1" in status(grid, root, "--cancel")
+
+
 def test_ctrl_c_on_a_local_submit_stops_the_submitting_not_the_started_runs(corpus, tmp_path):
     """A terminal's Ctrl-C reaches its whole foreground process group. The runs that
     `slurm.submit --executor local` started ignore it and train on to DONE; the command says so
