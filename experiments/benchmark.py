@@ -42,6 +42,7 @@ from experiments.memory_check import check_memory
 from experiments.run_config import RunConfig, load_run_config
 from experiments.train_state import TrainState
 from experiments.train_step import TrainStep, apply_precision
+from model.errors import UserError
 from model import build_model
 from model.attention import PROJECTION
 from model.summary import summarize
@@ -244,7 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     output_file(args.csv, "--csv")
     cfg = bench_config(args.config, args.set)
     device = resolve_device("cpu" if cfg.train.device == "cpu" else "auto", 0)  # a GPU config runs on CPU without one
-    check_memory(cfg, device)
+    memory_warning = check_memory(cfg, device, 1)
+    if memory_warning:  # a timing of a config that does not fit would end in the kernel's OOM kill
+        raise UserError(f"not timed: {memory_warning}")
     if cfg.train.device == "cuda" and device.type == "cpu":
         print("note: train.device is cuda but no GPU is visible: timing on the CPU", file=sys.stderr)
     print(f"timing {cfg.name}: {WARMUP_STEPS} warm-up and {args.steps} timed steps on {machine(device)}", file=sys.stderr, flush=True)

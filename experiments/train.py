@@ -129,7 +129,9 @@ def _preflight(cfg: RunConfig, ctx: DistContext) -> Corpus:
     for warning in check_run(cfg, ctx.world_size):
         if ctx.is_main:
             log.warning("%s", warning)
-    check_memory(cfg, ctx.device)
+    memory_warning = check_memory(cfg, ctx.device, ctx.world_size)
+    if memory_warning and ctx.is_main:
+        log.warning("%s", memory_warning)
     try:
         return load_corpus(data_path(cfg), cfg.data.dataset)
     except ConfigError as err:

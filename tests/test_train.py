@@ -512,7 +512,33 @@ def test_training_state_larger_than_the_memory_available_is_one_line_before_the_
     assert exit.value.code == 2 and len(err) == 1 and "more than the" in err[0] and "a test's figure" in err[0], err
     assert not run_dir.exists()
     monkeypatch.setattr(memory_check, "available_bytes", lambda device: (need, "a test's figure"))
-    memory_check.check_memory(load_run_config(config), torch.device("cpu"))  # exactly enough: no error
+    # exactly enough for the state: no error, a warning for the activations on top
+    assert "activations" in memory_check.check_memory(load_run_config(config), torch.device("cpu"), 1)
+
+
+def test_state_and_activations_beyond_the_memory_warn_in_train_and_stop_the_benchmark(tmp_path, corpus, capsys,
+                                                                                          monkeypatch):
+    """`benchmark --steps 1` on a paper config on a CPU machine was killed for memory after a
+    minute (a global OOM kill), with no word: the preflight counted the training state only."""
+    from experiments import benchmark
+    from model.summary import activation_bytes
+
+    cfg = load_run_config(tiny_config(tmp_path, corpus), ["train.batch_split=2"])
+    state = state_bytes(cfg)
+    rows = cfg.train.batch_size // 2 // 2  # two processes share the batch, each in two micro-batches
+    enough = state + activation_bytes(cfg.model, rows, cfg.train.block_size)
+    for free, warned in ((enough - 1, True), (enough, False)):
+        monkeypatch.setattr(memory_check, "available_bytes", lambda device: (free, "a test's figure"))
+        warning = memory_check.check_memory(cfg, torch.device("cpu"), 2)
+        assert (warning is not None) is warned and (not warned or f"micro-batch of {rows} rows" in warning)
+    fused = load_run_config(tiny_config(tmp_path, corpus), ["model.attention=fused"])
+    monkeypatch.setattr(memory_check, "available_bytes", lambda device: (state_bytes(fused), "a test's figure"))
+    assert memory_check.check_memory(fused, torch.device("cpu"), 1) is None  # it stores no probabilities
+    monkeypatch.setattr(memory_check, "available_bytes", lambda device: (state, "a test's figure"))
+    with pytest.raises(SystemExit) as exit:
+        run_cli(benchmark.main, [str(tiny_config(tmp_path, corpus)), "--steps", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit.value.code == 2 and len(err) == 1 and err[0].startswith("error: not timed: the training state"), err
 
 
 def test_available_memory_is_read_on_this_machine():
