@@ -3,7 +3,16 @@
 What "strict" means here, and why: a typo in an ablation grid that silently falls
 back to a default wastes GPU-days, so
 - unknown keys are errors with their dotted path and a did-you-mean;
-- duplicate keys are errors (PyYAML would keep the last one silently);
+- duplicate keys are errors (PyYAML would keep the last one silently); a key that
+  a merge key brings in (`<<: *defaults`) is no duplicate: the explicit key overrides
+  it, as in SafeLoader, which the merge otherwise follows;
+- a key is a scalar: a list or mapping key (`? [a, b]`) is an error, not a crash;
+- an integer is plain decimal (`12`, `-3`, `1_000_000` with `_` only between digits).
+  YAML 1.1 forms that silently change the value, octal `010` (8), base 60 `1:30` (90)
+  and `1:30.5`, binary `0b101`, hex `0x1F` (no config needs one) and `019`, are errors
+  naming the value and `file:line`, also where a string is meant: `name: 010` would be
+  the number 8, so it must be quoted (`'010'`). (`0o17` is no YAML 1.1 number: it stays
+  a string, which an int field refuses);
 - types are checked against the dataclass annotations (an int where a float is
   expected is accepted; a bool is never a number);
 - every float field is finite: NaN and ±inf (`.nan`, `.inf` in YAML) are refused
@@ -13,6 +22,7 @@ back to a default wastes GPU-days, so
 - `1e-3` is a float (YAML 1.1 would read it as a string);
 - `base: other.yaml` inherits from another file, mappings merge recursively;
 - `--set a.b=value` overrides are parsed with the same YAML rules;
+- errors while parsing name the dotted key where known and the source (`file:line`);
 - a section whose schema changed maps its older keys itself: a dataclass may define
   `upgrade_legacy(data) -> data` (a staticmethod), applied before the keys are checked
   (e.g. TrainConfig: `bf16` became `precision`).
@@ -22,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import re
 import types
@@ -41,30 +52,91 @@ _FLOAT_RE = re.compile(
 )
 
 
+_DECIMAL_INT_RE = re.compile(r"^[-+]?(?:0|[1-9](?:_?[0-9])*)$")
+_LEADING_ZERO_RE = re.compile(r"^[-+]?0[0-9_]+$")
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys and reads 1e-3 as a float."""
+    """SafeLoader that rejects duplicate and non-scalar keys, reads 1e-3 as a float and
+    refuses integers that are not plain decimal. Its errors name `source:line`."""
+
+    def __init__(self, stream: str, source: str = "<string>"):
+        self.source = source
+        super().__init__(stream)
+
+    def where(self, node: yaml.Node) -> str:
+        return f"{self.source}:{node.start_mark.line + 1}"
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
+    """A mapping of scalar keys, each written once; `<<` merges other mappings as in SafeLoader."""
+    _check_keys(loader, [key for key, _ in node.value if key.tag != _MERGE_TAG])
+    for key_node, value_node in node.value:
+        if key_node.tag == _MERGE_TAG:  # built first, so a merged mapping is checked by these same rules
+            loader.construct_object(value_node, deep=True)
+    loader.flatten_mapping(node)  # merged pairs go first, so the explicit keys override them
+    data = {}
+    for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        try:
+            data[key] = loader.construct_object(value_node, deep=deep)
+        except ConfigError as err:  # name the section the error is in: `model.x: ...`
+            raise err.under(str(key)) from None
+    return data
+
+
+def _check_keys(loader: _StrictLoader, key_nodes: list[yaml.Node]) -> None:
+    """Keys are scalars (a list or mapping key is unhashable) and unique (PyYAML keeps the last one)."""
+    seen: dict[Any, int] = {}
+    for key_node in key_nodes:
+        if not isinstance(key_node, yaml.ScalarNode):
+            kind = "sequence" if isinstance(key_node, yaml.SequenceNode) else "mapping"
+            raise ConfigError("", f"a key must be a string, got a {kind} at {loader.where(key_node)}")
+        key = loader.construct_object(key_node)
+        line = key_node.start_mark.line + 1
         if key in seen:
-            raise ConfigError(str(key), f"duplicate key (lines {seen[key] + 1} and {key_node.start_mark.line + 1})")
-        seen[key] = key_node.start_mark.line
-    return loader.construct_mapping(node, deep=deep)
+            raise ConfigError(str(key), f"duplicate key (lines {seen[key]} and {line}) in {loader.source}")
+        seen[key] = line
+
+
+def _construct_int(loader: _StrictLoader, node: yaml.ScalarNode) -> int:
+    """Plain decimal only: YAML 1.1 reads 010 as 8, 1:30 as 90, 0b101 as 5 and 0x1F as 31."""
+    text = loader.construct_scalar(node)
+    if not _DECIMAL_INT_RE.match(text):
+        _refuse_number(loader, node, "integer", loader.construct_yaml_int)
+    return int(text.replace("_", ""))
+
+
+def _construct_float(loader: _StrictLoader, node: yaml.ScalarNode) -> float:
+    if ":" in loader.construct_scalar(node):  # base 60: YAML 1.1 reads 1:30.5 as 90.5
+        _refuse_number(loader, node, "number", loader.construct_yaml_float)
+    return loader.construct_yaml_float(node)
+
+
+def _refuse_number(loader: _StrictLoader, node: yaml.ScalarNode, kind: str, yaml11: Any) -> typing.NoReturn:
+    """One line naming the value, where it is and what YAML 1.1 makes of it (`yaml11`, SafeLoader's reading)."""
+    try:
+        reading = f"YAML 1.1 reads it as {yaml11(node)}"
+    except ValueError:  # 019: not even octal
+        reading = "a leading 0 means octal in YAML 1.1"
+    raise ConfigError("", f"{kind} {node.value} at {loader.where(node)} is not plain decimal ({reading}): "
+                          "write it in decimal, or quote it if it is text")
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_StrictLoader.add_constructor("tag:yaml.org,2002:float", _construct_float)
 _StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
+# 019 is no YAML 1.1 integer, so it would be the string "019" where 010 is refused: refuse both alike
+_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:int", _LEADING_ZERO_RE, list("-+0"))
 
 
 def parse_yaml(text: str, source: str = "<string>") -> Any:
-    """Parse YAML text strictly; syntax errors become one-line UserErrors."""
+    """Parse YAML text strictly; syntax errors become one-line ConfigErrors naming `source`."""
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except ConfigError as err:
-        raise ConfigError(err.field, f"{err.message} in {source}") from None
+        # a SafeLoader subclass; told the source, its own ConfigErrors name it
+        return yaml.load(text, Loader=functools.partial(_StrictLoader, source=source))  # noqa: S506
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
@@ -124,7 +196,12 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError("", f"--set expects key=value, got {item!r}")
-        data = merge(data, _nested(key.strip().split("."), parse_yaml(raw, source=f"--set {key}")))
+        key = key.strip()
+        try:
+            value = parse_yaml(raw, source=f"--set {key}")
+        except ConfigError as err:  # name the key like an error in a file: `train.steps: ...`
+            raise err.under(key) from None
+        data = merge(data, _nested(key.split("."), value))
     return data
 
 

@@ -193,3 +193,75 @@ def test_paper_config_parameter_counts_match_the_authors(name):
     assert facts["flops_per_token"] == 6 * facts["params_non_embedding"] + 12 * cfg.model.num_layers * 512 * cfg.model.attn_span
 
 
+NOT_DECIMAL = ["010", "00", "019", "-010", "1:30", "1:30.5", "0b101", "0x1F"]
+"""YAML 1.1 reads these as octal, base 60, binary and hex numbers (010 is 8, 1:30 is 90):
+a config integer is plain decimal, and the others are refused where they are written."""
+
+
+@pytest.mark.parametrize("value", NOT_DECIMAL)
+def test_integer_that_is_not_plain_decimal_is_refused_naming_value_and_line(tmp_path, value):
+    path = write(tmp_path, _replace("steps: 10", f"steps: {value}"))
+    with pytest.raises(ConfigError) as info:
+        load_run_config(path)
+    message = str(info.value)
+    assert message.startswith("train.steps: ") and value in message and f"{path}:19" in message
+    assert "\n" not in message
+    with pytest.raises(ConfigError, match=f"train.steps: .*{value}.* at --set train.steps"):
+        load_run_config(write(tmp_path, VALID), [f"train.steps={value}"])
+
+
+def test_ordinary_numbers_and_strings_still_load(tmp_path):
+    text = "a: 12\nb: -3\nc: 0\nd: +7\ne: 1_000_000\nf: 1e-3\ng: 3.5\nh: .5\ni: '010'\nj: 1.2.3\nk: run-010\nl: 0o17\n"
+    assert parse_yaml(text) == {"a": 12, "b": -3, "c": 0, "d": 7, "e": 1_000_000, "f": 0.001, "g": 3.5, "h": 0.5,
+                                "i": "010", "j": "1.2.3", "k": "run-010", "l": "0o17"}
+    assert load_run_config(write(tmp_path, _replace("name: tiny", "name: run-010"))).name == "run-010"
+    assert load_run_config(write(tmp_path, _replace("name: tiny", "name: '010'"))).name == "010"
+    with pytest.raises(ConfigError, match="train.steps: must be int, got str '0o17'"):
+        load_run_config(write(tmp_path, _replace("steps: 10", "steps: 0o17")))
+
+
+def test_unquoted_leading_zero_in_a_string_field_is_refused_with_a_hint_to_quote(tmp_path):
+    """`name: 010` would be the number 8 (then 'must be str, got int 8'): say what was written and how to fix it."""
+    with pytest.raises(ConfigError, match=r"^name: integer 010 at .*run\.yaml:1 .*quote"):
+        load_run_config(write(tmp_path, _replace("name: tiny", "name: 010")))
+
+
+@pytest.mark.parametrize("section", ["  {[a]: 1}\n", "\n  ? [a, b]\n  : 1\n", "\n  ? {x: 1}\n  : 1\n"])
+def test_complex_key_is_one_config_error(tmp_path, section):
+    """A list or mapping as a key crashed with 'TypeError: unhashable type'."""
+    path = write(tmp_path, VALID + "eval:" + section)
+    with pytest.raises(ConfigError, match=r"^eval: a key must be a string, got a (sequence|mapping) at .*run\.yaml:2[0-9]$"):
+        load_run_config(path)
+    with pytest.raises(ConfigError, match=r"^model: a key must be a string, got a sequence at --set model:1$"):
+        load_run_config(write(tmp_path, VALID), ["model={[a]: 1}"])
+
+
+def test_merge_key_merges_and_explicit_keys_win():
+    """It was 'invalid YAML' (no constructor for the merge tag). Which of several merged mappings wins a
+    key they share changed between PyYAML releases, so it is not pinned here."""
+    data = parse_yaml("defaults: &d {lr: 0.1, clip: 1}\noptim: {<<: *d, name: adam, lr: 0.2}\n"
+                      "both: {<<: [*d, {warmup: 5}], name: sgd}\n")
+    assert data["optim"] == {"lr": 0.2, "clip": 1, "name": "adam"}
+    assert data["both"] == {"lr": 0.1, "clip": 1, "warmup": 5, "name": "sgd"}
+
+
+def test_merge_key_in_a_grid_of_runs(tmp_path):
+    write(tmp_path, VALID, "base.yaml")
+    grid = write(tmp_path, """\
+        base: base.yaml
+        runs:
+          - &small {name: small, model.num_layers: 1, train.steps: 3}
+          - {<<: *small, name: small-lr, optim.lr: 0.5}
+        """, "merged.yaml")
+    small, small_lr = load_grid(grid).runs
+    assert (small.name, small.model.num_layers, small.train.steps, small.optim.lr) == ("small", 1, 3, 0.07)
+    assert (small_lr.name, small_lr.model.num_layers, small_lr.train.steps, small_lr.optim.lr) == ("small-lr", 1, 3, 0.5)
+
+
+@pytest.mark.parametrize("text,lines", [
+    ("d: &d {lr: 1}\noptim:\n  <<: *d\n  name: adam\n  name: sgd\n", "lines 4 and 5"),
+    ("optim:\n  <<: {lr: 1, lr: 2}\n  name: adam\n", "lines 2 and 2"),
+])
+def test_explicit_duplicate_keys_are_still_refused_next_to_a_merge(text, lines):
+    with pytest.raises(ConfigError, match=f"duplicate key \\({lines}\\) in <string>"):
+        parse_yaml(text)
