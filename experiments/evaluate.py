@@ -33,7 +33,7 @@ from experiments.evaluation import SPLITS, evaluate_tokens
 from experiments.run_config import data_path, load_run_config
 from model import build_model
 from experiments.train_checkpoint import config_mismatch
-from model.convert_official import read_checkpoint, read_model_state
+from model.convert_official import in_their_layout, read_checkpoint, read_model_state
 from model.errors import UserError
 
 
@@ -57,6 +57,21 @@ def _config_identity(cfg, payload: dict, allow_mismatch: bool) -> dict:
         raise UserError(f"the checkpoint was trained with another config ({mismatch}); evaluate it with its own "
                         "config, or pass --allow-config-mismatch if this is intended")
     return {"config_hash": cfg.config_hash, "checkpoint_config_hash": trained, "config_mismatch": bool(mismatch)}
+
+
+def _load_model(cfg, state: dict, args: argparse.Namespace) -> torch.nn.Module:
+    """`cfg`'s model with `state` loaded; a one-line UserError for a file of the authors' layout
+    (convert it first) or a state that does not fit."""
+    if in_their_layout(state):
+        raise UserError(f"{args.checkpoint} is a checkpoint of the authors' code: convert it first, "
+                        f"python -m experiments.convert {args.checkpoint} --config {args.config} --out OURS.pt")
+    model = build_model(cfg.model)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        problem = str(err).splitlines()[1].strip()
+        raise UserError(f"checkpoint does not fit the config: {problem[:300]}{'...' if len(problem) > 300 else ''}") from None
+    return model
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -84,15 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device, 0)
     cfg = load_run_config(args.config, args.set)
-    corpus = load_corpus(data_path(cfg), cfg.data.dataset)
-    model = build_model(cfg.model)
     payload = read_checkpoint(args.checkpoint / "shared.pt" if args.checkpoint.is_dir() else args.checkpoint)
     identity = _config_identity(cfg, payload, args.allow_config_mismatch)
-    try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError as err:
-        raise UserError(f"checkpoint does not fit the config: {str(err).splitlines()[1].strip()}") from None
-    model = model.to(device=device, dtype=DTYPES[args.dtype])
+    model = _load_model(cfg, payload["model"], args).to(device=device, dtype=DTYPES[args.dtype])
+    corpus = load_corpus(data_path(cfg), cfg.data.dataset)
     ctx = DistContext(rank=0, world_size=1, device=device)
     batch = args.batch_size or cfg.eval.batch_size
     sources = {"text": encode_text(args.text, corpus.meta)} if args.text else {s: corpus.split(s) for s in SPLITS}

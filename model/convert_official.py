@@ -270,6 +270,12 @@ def _check_ours(ours: dict[str, Tensor], cfg: ModelConfig) -> None:
 # ---------------------------------------------------------------- files
 
 
+def in_their_layout(state: dict) -> bool:
+    """Whether a state dict has the authors' keys (their position table `key_pe`, `module.` or not):
+    a file to convert before this project's model can load it."""
+    return any(isinstance(key, str) and key.removeprefix(PREFIX) == "key_pe" for key in state)
+
+
 def read_model_state(path: Path, hint: str = "") -> dict[str, Tensor]:
     """The `model` state dict of a {"model": ...} file (loaded with weights_only=True);
     a missing, unreadable or foreign file is a one-line UserError ending with `hint`."""
@@ -280,10 +286,14 @@ def read_checkpoint(path: Path, hint: str = "") -> dict:
     """A whole {"model": state dict, ...} file (weights_only=True); one-line UserError otherwise."""
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise UserError(f"cannot read {path}: the file is empty")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise UserError(f"cannot read {path}: {(str(err).splitlines() or [type(err).__name__])[0]}") from None
+        # torch's own words are often bare ('101', '[Errno 22] Invalid argument'): say what it means
+        detail = (str(err).splitlines() or [""])[0] or type(err).__name__
+        raise UserError(f"cannot read {path}: not a PyTorch checkpoint, or a truncated one ({detail})") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict):
         raise UserError(f"{path} has no 'model' state dict{hint}")
     return payload

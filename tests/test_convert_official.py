@@ -124,6 +124,30 @@ def test_checkpoint_that_does_not_fit_is_refused_in_one_line(tmp_path):
     assert_refused(convert_cli(tmp_path, theirs, config), tmp_path, "layers.1.attn.attn.persistent_memory.key", "(2, 8, 5)")
 
 
+def test_evaluate_and_convert_say_what_is_wrong_with_a_file(tmp_path):
+    """torch's own words were bare: 'cannot read text.pt: 101', '[Errno 22] Invalid argument' for a
+    truncated file, 'EOFError' for an empty one; an authors' file given to evaluate listed every missing
+    key in one very long line. Fresh-user findings. The checkpoint is read before the corpus."""
+    config, cfg = write_config(tmp_path)
+    whole = tmp_path / "whole.pt"
+    torch.save({"model": build_model(cfg).state_dict()}, whole)
+    files = {"text.pt": b"epoch 3 notes\n", "empty.pt": b"", "truncated.pt": whole.read_bytes()[:4096]}
+    expected = {"text.pt": "not a PyTorch checkpoint, or a truncated one", "empty.pt": "the file is empty",
+                "truncated.pt": "not a PyTorch checkpoint, or a truncated one"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        for command in (["experiments.evaluate", str(config), "--checkpoint"], ["experiments.convert"]):
+            extra = ["--config", str(config), "--out", str(tmp_path / "o.pt")] if command == ["experiments.convert"] else []
+            proc = subprocess.run([sys.executable, "-m", *command, str(tmp_path / name), *extra], cwd=PROJECT_ROOT,
+                                  capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and expected[name] in proc.stderr, proc.stderr
+    torch.save({"model": authors_layout(build_model(cfg), cfg)}, tmp_path / "theirs.pt")
+    proc = subprocess.run([sys.executable, "-m", "experiments.evaluate", str(config), "--checkpoint",
+                           str(tmp_path / "theirs.pt")], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "a checkpoint of the authors' code: convert it first, python -m experiments.convert" in proc.stderr
+
+
 def test_tied_copies_that_disagree_are_refused_in_one_line(tmp_path):
     config, cfg = write_config(tmp_path, **ADAPTIVE_IO)
     theirs = authors_layout(build_model(cfg), cfg)
