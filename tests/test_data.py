@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import experiments.data.archive as archive_module
+import experiments.data.datasets.text as text_module
 from experiments.data import EOS, DataConfig, decode_bytes, encode_text, load_corpus, main
 from experiments.data.datasets.lexicon import LexiconSpec, entropy_floor_bpc, generate_splits, make_lexicon
 from model.errors import ConfigError, UserError
@@ -214,6 +216,71 @@ def test_force_replaces_prepared_data_and_leaves_no_scratch(tmp_path: Path) -> N
     prepare("lexicon", *SMALL_LEXICON, "--seed", 2, "--out", tmp_path / "lex", "--force")
     assert load_corpus(tmp_path / "lex").meta["source"]["spec"]["seed"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lex"]
+
+
+def small_text_source(folder: Path, shared_data: Path) -> Path:
+    folder.mkdir(parents=True)
+    for split in ("train", "valid", "test"):
+        (folder / f"{split}.txt").write_bytes((shared_data / "wikitext-2" / f"{split}.txt").read_bytes()[:5000])
+    return folder
+
+
+def test_force_never_replaces_a_source_or_a_folder_that_is_not_prepared_data(shared_data: Path, tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """--out equal to, above or below --source (also through a symlink, also an archive's folder) deleted the
+    source with --force, and the refusal without it recommended --force."""
+    source = small_text_source(tmp_path / "s" / "wt", shared_data)
+    (tmp_path / "s" / "notes.txt").write_text("notes\n")
+    (tmp_path / "link").symlink_to(tmp_path / "s")
+    archive = tmp_path / "z" / "enwik8.zip"
+    archive.parent.mkdir()
+    archive.write_bytes((shared_data / "enwik8" / "enwik5").read_bytes())
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for module, name in ((text_module, "split_file"), (archive_module, "sha256_file")):
+        monkeypatch.setattr(module, name, lambda *_: pytest.fail("read a source before refusing --out"))
+    text = ["text", "--source", source, "--level", "char"]
+    enwik = ["enwik8", "--source", archive.parent, "--scaled-split", ENWIK5_USED_BYTES]
+    cases = [("holds the source", [*text, "--out", tmp_path / "s"]), ("is the source", [*text, "--out", source]),
+             ("lies inside the source", [*text, "--out", source / "x"]),
+             ("holds the source", [*text, "--out", tmp_path / "link"]),
+             ("holds the source", [*enwik, "--out", archive.parent])]
+    for expected, argv in cases:
+        for force in ([], ["--force"]):
+            with pytest.raises(UserError, match=expected) as err:
+                main(["prepare", *map(str, argv), *force])
+            assert "--force" not in str(err.value) and "\n" not in str(err.value)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_force_replaces_only_prepared_data_or_an_empty_folder(shared_data: Path, tmp_path: Path) -> None:
+    """A folder of someone's files was deleted by --force, and the refusal without it recommended --force."""
+    source = small_text_source(tmp_path / "src", shared_data)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("notes\n")
+    prepare("lexicon", *SMALL_LEXICON, "--out", tmp_path / "lex")
+    (tmp_path / "lex" / "notes.txt").write_text("added by hand\n")  # prepared, but no longer only prepared data
+    for out in (theirs, tmp_path / "lex"):
+        for force in ([], ["--force"]):
+            with pytest.raises(UserError, match="is not prepared data.*; choose another --out$") as err:
+                main(["prepare", "text", "--source", str(source), "--level", "char", "--out", str(out), *force])
+            assert "--force" not in str(err.value)
+    assert (theirs / "notes.txt").is_file() and (tmp_path / "lex" / "notes.txt").is_file()
+    (tmp_path / "empty").mkdir()
+    prepare("text", "--source", source, "--level", "char", "--out", tmp_path / "empty", "--force")
+    assert load_corpus(tmp_path / "empty").meta["dataset"] == "text"
+
+
+def test_a_vocabulary_of_one_symbol_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
+    """Each split "\n\n\n" was prepared as "vocabulary 1", which training then refused with --force advice."""
+    source = tmp_path / "newlines"
+    source.mkdir()
+    for split in ("train", "valid", "test"):
+        (source / f"{split}.txt").write_text("\n\n\n")
+    for level in ("char", "word"):
+        with pytest.raises(UserError, match=f"^{source}: .*1 symbol.*a language model needs at least 2 symbols$"):
+            main(["prepare", "text", "--source", str(source), "--level", level, "--out", str(tmp_path / "out")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["newlines"]
 
 
 # ---------------------------------------------------------------- bad input from the command line

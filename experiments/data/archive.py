@@ -41,14 +41,28 @@ def add_archive_arguments(parser: argparse.ArgumentParser, archive: Archive) -> 
                              "not checked): a miniature in the same format, for tests; never for paper numbers")
 
 
+def local_source(source: str | None, archive: Archive) -> Path | None:
+    """The local file --source names (a directory stands for the archive in it); None for a URL or no --source."""
+    if not source or source.startswith(("http://", "https://")):
+        return None
+    path = Path(source)
+    return path / archive.file_name if path.is_dir() else path
+
+
+def archive_sources(archive: Archive) -> Callable[[argparse.Namespace], list[Path]]:
+    """`Dataset.source_paths` of an archive dataset: the one file it reads, not the folder holding it."""
+    def paths(args: argparse.Namespace) -> list[Path]:
+        path = local_source(args.source, archive)
+        return [] if path is None else [path]
+    return paths
+
+
 def fetch_source(source: str | None, archive: Archive, work: Path) -> tuple[Path, str | None]:
     """A local file for --source (default: the official URL), and the URL it came from if any."""
-    source = source or archive.url
-    if source.startswith(("http://", "https://")):
-        return _download(source, work / archive.file_name), source
-    path = Path(source)
-    if path.is_dir():
-        path = path / archive.file_name
+    path = local_source(source, archive)
+    if path is None:
+        url = source or archive.url
+        return _download(url, work / archive.file_name), url
     if not path.is_file():
         raise UserError(f"source {path} does not exist")
     return path, None

@@ -4,6 +4,8 @@ One subcommand per registered dataset (registry.py); every one takes --out
 (default: data/<name> under the project root) and --force. Warnings (e.g. a
 source not checked against its pinned sha256) are printed on stderr once the
 corpus is in place; errors are one line, exit status 2 (experiments/cli.py).
+An --out that is, holds or lies in a source the dataset reads is refused, --force
+or not: replacing it would delete the user's input.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from experiments.data.registry import datasets, get
 from experiments.data.corpus import PROJECT_ROOT
 from experiments.data.format import SPLITS
 from experiments.data.publish import prepare_into
+from model.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,11 +40,25 @@ def default_out(args: argparse.Namespace) -> Path:
     return PROJECT_ROOT / "data" / (dataset.default_out(args) if dataset.default_out else args.name)
 
 
+def refuse_source_overlap(out: Path, sources: Sequence[Path]) -> None:
+    """Raises UserError if `out` is, holds or lies inside one of `sources` (symlinks resolved): --force
+    would delete the source, and the scratch folder beside `out` would land among the user's files."""
+    real_out = out.resolve()
+    for source in sources:
+        real = source.resolve()
+        relation = ("is" if real_out == real else "lies inside" if real in real_out.parents
+                    else "holds" if real_out in real.parents else None)
+        if relation:
+            raise UserError(f"--out {out} {relation} the source {source}; choose an --out outside it")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out) if args.out else default_out(args)
     dataset = get(args.name)
-    meta, warnings = prepare_into(out, args.name, lambda work: dataset.prepare(args, work), args.force)
+    refuse_source_overlap(out, dataset.source_paths(args))  # before refuse_existing's advice, and any reading
+    meta, warnings = prepare_into(out, args.name, lambda work: dataset.prepare(args, work), args.force,
+                                  source=getattr(args, "source", None) or args.name)
     sizes = " / ".join(f"{split} {meta['sizes'][split]:,}" for split in SPLITS)
     floor = f", entropy floor {meta['entropy_floor_bpc']:.4f} bpc" if "entropy_floor_bpc" in meta else ""
     print(f"prepared {args.name} in {out}: {meta['level']} level, vocabulary {meta['vocab_size']:,}, "

@@ -10,7 +10,8 @@ from typing import Any, Mapping, NoReturn
 import numpy as np
 
 from experiments.data.registry import names as dataset_names
-from experiments.data.format import EOS, FORMAT_VERSION, META, SPLITS, dtype_name, numpy_dtype
+from experiments.data.format import (EOS, FORMAT_VERSION, META, MIN_VOCAB, PREPARED_FILES, SPLITS, dtype_name,
+                                     numpy_dtype)
 from model.errors import ConfigError, UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -78,16 +79,31 @@ def load_corpus(path: str | os.PathLike, dataset: str | None = None) -> Corpus:
 
 
 def read_meta(root: Path) -> dict[str, Any]:
+    """meta.json as `prepare` writes it: a JSON object naming its format and dataset. Raises UserError
+    otherwise; the advice is not --force, which replaces only what `prepare` wrote (is_prepared)."""
     meta_path = root / META
+    not_prepared = "so it is not prepared data; prepare the corpus into a new folder (--out)"
     if not meta_path.is_file():
-        raise UserError(f"{root}: no {META}, so preparation never finished; prepare it again with --force")
+        raise UserError(f"{root}: no {META}, {not_prepared}")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{meta_path}: unreadable ({err}); prepare the data again with --force") from None
-    if not isinstance(meta, dict):
-        raise UserError(f"{meta_path}: not a JSON object; prepare the data again with --force")
+        raise UserError(f"{meta_path}: unreadable ({err}), {not_prepared}") from None
+    if not isinstance(meta, dict) or not {"format", "dataset"} <= meta.keys():
+        raise UserError(f"{meta_path}: not a JSON object with a format and a dataset, {not_prepared}")
     return meta
+
+
+def is_prepared(root: Path) -> bool:
+    """Whether `root` is a folder `prepare` wrote: a readable meta.json and nothing but the split files.
+    Only such a folder may be replaced by --force; anything else in it would be someone's files."""
+    try:
+        if not root.is_dir() or any(entry.name not in PREPARED_FILES for entry in root.iterdir()):
+            return False
+        read_meta(root)
+    except (OSError, UserError):
+        return False
+    return True
 
 
 def check_meta(root: Path, meta: Mapping[str, Any]) -> None:
@@ -102,8 +118,8 @@ def check_meta(root: Path, meta: Mapping[str, Any]) -> None:
     if meta.get("level") not in ("char", "word"):
         bad(f"level must be 'char' or 'word', got {meta.get('level')!r}")
     vocab = meta.get("vocab")
-    if not isinstance(vocab, list) or len(vocab) < 2 or not all(isinstance(s, str) for s in vocab):
-        bad("vocab must be a list of at least 2 strings")
+    if not isinstance(vocab, list) or len(vocab) < MIN_VOCAB or not all(isinstance(s, str) for s in vocab):
+        bad(f"vocab must be a list of at least {MIN_VOCAB} strings")
     if meta.get("dtype") != dtype_name(len(vocab)):
         bad(f"dtype {meta.get('dtype')!r} does not fit a vocabulary of {len(vocab)}")
     sizes = meta.get("sizes")

@@ -32,6 +32,11 @@ EOS = "<eos>"
 UNK = "<unk>"
 NEWLINE = 10
 ORDERS = ("appearance", "frequency")
+MIN_VOCAB = 2
+"""Fewest symbols a corpus may have: with one, every next token is certain, so there is nothing to
+learn. `prepare` refuses a smaller vocabulary and the loader a meta.json that records one."""
+PREPARED_FILES = frozenset({META, *(f"{split}.bin" for split in SPLITS)})
+"""Everything `prepare` writes into a prepared directory."""
 
 
 def dtype_name(vocab_size: int) -> str:

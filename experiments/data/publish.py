@@ -1,8 +1,9 @@
 """Writing a prepared corpus: the memory-mapped splits, then meta.json, moved into place atomically.
 
 Preparation happens in a scratch directory beside the output that is renamed
-into place at the end: bad input never touches data prepared before, and
-nothing is replaced without `--force`.
+into place at the end: bad input never touches data prepared before, nothing
+is replaced without `--force`, and `--force` replaces only a folder that
+`prepare` wrote (or an empty one): never someone's other files.
 """
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from experiments.atomic import atomic_write, atomic_write_json
+from experiments.data.corpus import is_prepared
 from experiments.data.encoding import Prepared
-from experiments.data.format import EOS, FORMAT_VERSION, META, SPLITS, dtype_name, numpy_dtype
+from experiments.data.format import EOS, FORMAT_VERSION, META, MIN_VOCAB, SPLITS, dtype_name, numpy_dtype
 from model.errors import UserError
 
 
@@ -53,10 +55,22 @@ def _make_readable(directory: Path) -> None:
 
 
 def refuse_existing(out: Path, force: bool) -> None:
-    if force or not (out.exists() or out.is_symlink()) or (out.is_dir() and not any(out.iterdir())):
+    """Raises UserError if `out` exists, is not empty, and is either not prepared data (not even with
+    --force: replacing it would delete someone's files) or prepared data without --force."""
+    if not (out.exists() or out.is_symlink()) or (out.is_dir() and not any(out.iterdir())):
         return
-    what = "prepared data" if (out / META).is_file() else "not prepared data"
-    raise UserError(f"{out} already exists ({what}); pass --force to replace it")
+    if not is_prepared(out):
+        raise UserError(f"{out} exists and is not prepared data (a meta.json and the split files only); "
+                        "choose another --out")
+    if not force:
+        raise UserError(f"{out} already exists (prepared data); pass --force to replace it")
+
+
+def refuse_small_vocabulary(prepared: Prepared, source: str) -> None:
+    """Raises UserError if the corpus has fewer than MIN_VOCAB symbols: the loader would refuse it."""
+    if len(prepared.vocab) < MIN_VOCAB:
+        raise UserError(f"{source}: a vocabulary of {len(prepared.vocab)} symbol(s) {prepared.vocab}; "
+                        f"a language model needs at least {MIN_VOCAB} symbols")
 
 
 @contextmanager
@@ -83,11 +97,17 @@ def publish(staged: Path, out: Path, force: bool) -> None:
         os.close(directory)
 
 
-def prepare_into(out: Path, dataset: str, prepared_in: Callable[[Path], Prepared], force: bool) -> tuple[dict, list[str]]:
-    """Run a preparer in a scratch directory beside `out`, write the corpus, publish it; (meta, warnings)."""
+def prepare_into(out: Path, dataset: str, prepared_in: Callable[[Path], Prepared], force: bool,
+                 source: str) -> tuple[dict, list[str]]:
+    """Run a preparer in a scratch directory beside `out`, write the corpus, publish it; (meta, warnings).
+
+    `source` names the input in messages. Raises UserError (refuse_existing, before any reading;
+    refuse_small_vocabulary and the preparer's own, before anything reaches `out`).
+    """
     refuse_existing(out, force)
     with workspace(out) as work:
         prepared = prepared_in(work)
+        refuse_small_vocabulary(prepared, source)
         staged = work / "prepared"
         staged.mkdir()
         meta = write_prepared(staged, dataset, prepared)

@@ -27,6 +27,12 @@ def _no_arguments(parser: argparse.ArgumentParser) -> None:
     pass
 
 
+def _source_option(args: argparse.Namespace) -> list[Path]:
+    # Whatever a local --source names: a dataset that forgets to declare its sources is still guarded.
+    source = getattr(args, "source", None)
+    return [Path(source)] if source and "://" not in source else []
+
+
 @dataclass(frozen=True)
 class Dataset:
     name: str
@@ -39,6 +45,9 @@ class Dataset:
     """The dataset's own options (--out and --force are added for every dataset)."""
     default_out: Callable[[argparse.Namespace], str] | None = None
     """Folder name under data/ when --out is not given (default: the dataset's name)."""
+    source_paths: Callable[[argparse.Namespace], list[Path]] = _source_option
+    """The local files and folders preparation reads (default: what --source names, if local); --out may
+    not be, hold or lie in any of them (command.py)."""
     official_vocab: int | None = None
     """The vocabulary size that preparation of the official (pinned) archive gives: the paper configs' vocab_size."""
     official_sizes: dict[str, int] | None = None

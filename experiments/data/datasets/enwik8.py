@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from experiments.data.archive import BYTE_SPLIT_SIZES, Archive, add_byte_archive_arguments, prepare_byte_archive
+from experiments.data.archive import (BYTE_SPLIT_SIZES, Archive, add_byte_archive_arguments, archive_sources,
+                                      prepare_byte_archive)
 from experiments.data.encoding import Prepared
 from experiments.data.registry import Dataset
 
@@ -26,4 +27,4 @@ def prepare(args: argparse.Namespace, work: Path) -> Prepared:
 
 DATASET = Dataset(name="enwik8", help="enwik8 bytes, 90M/5M/5M split", prepare=prepare,
                   add_arguments=lambda parser: add_byte_archive_arguments(parser, ARCHIVE), official_vocab=VOCAB,
-                  official_sizes=BYTE_SPLIT_SIZES)
+                  official_sizes=BYTE_SPLIT_SIZES, source_paths=archive_sources(ARCHIVE))

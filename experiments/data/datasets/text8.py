@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.data.archive import BYTE_SPLIT_SIZES, Archive, add_byte_archive_arguments, prepare_byte_archive
+from experiments.data.archive import (BYTE_SPLIT_SIZES, Archive, add_byte_archive_arguments, archive_sources,
+                                      prepare_byte_archive)
 from experiments.data.encoding import Prepared
 from experiments.data.registry import Dataset
 from model.errors import UserError
@@ -38,4 +39,4 @@ def prepare(args: argparse.Namespace, work: Path) -> Prepared:
 
 DATASET = Dataset(name="text8", help="text8 characters (a-z and space), 90M/5M/5M split", prepare=prepare,
                   add_arguments=lambda parser: add_byte_archive_arguments(parser, ARCHIVE), official_vocab=VOCAB,
-                  official_sizes=BYTE_SPLIT_SIZES)
+                  official_sizes=BYTE_SPLIT_SIZES, source_paths=archive_sources(ARCHIVE))

@@ -15,8 +15,8 @@ import argparse
 from functools import partial
 from pathlib import Path
 
-from experiments.data.archive import (Archive, add_archive_arguments, fetch_source, open_member, sha256_file,
-                                      source_record, unpinned_warning, verify_official)
+from experiments.data.archive import (Archive, add_archive_arguments, archive_sources, fetch_source, open_member,
+                                      sha256_file, source_record, unpinned_warning, verify_official)
 from experiments.data.encoding import Prepared, SplitSource, word_corpus
 from experiments.data.format import SPLITS
 from experiments.data.registry import Dataset
@@ -53,4 +53,4 @@ def prepare(args: argparse.Namespace, work: Path) -> Prepared:
 
 DATASET = Dataset(name="wikitext-103", help="WikiText-103 words, ids by decreasing frequency", prepare=prepare,
                   add_arguments=lambda parser: add_archive_arguments(parser, ARCHIVE), official_vocab=VOCAB,
-                  official_sizes=SIZES)
+                  official_sizes=SIZES, source_paths=archive_sources(ARCHIVE))
