@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
@@ -49,7 +50,10 @@ def non_negative(text: str) -> float:
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
-    """Run a command's `main`, turning a UserError into one stderr line and exit 2."""
+    """Run a command's `main`, turning a UserError into one stderr line and exit 2, and each
+    warning into one line `warning: ...` (Python's format adds the file, line number and source
+    line of the warn() call, which mean nothing to the command's user)."""
+    warnings.formatwarning = _one_line_warning
     try:
         code = main(argv)
     except UserError as err:
@@ -59,6 +63,11 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      line: str | None = None) -> str:
+    return f"warning: {message}\n"
 
 
 def output_file(path: Path | None, flag: str) -> Path | None:

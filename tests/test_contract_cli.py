@@ -147,3 +147,15 @@ def test_every_count_or_margin_flag_out_of_range_is_one_line(module, argv, value
         run_cli(main, [*argv, value])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1 and f"argument {argv[-1]}: must be" in err, err
+
+
+def test_a_command_s_warnings_are_one_line_each(tmp_path):
+    """Warnings came out in Python's format: the file and line of the warn() call, then its source
+    line (`status = run_dir.read_status()`), which mean nothing to a user (a fresh-user finding)."""
+    (tmp_path / "status.json").write_text("[1]")
+    code = ("import sys; from experiments.cli import run_cli; from experiments.run_dir import RunDir; "
+            "run_cli(lambda argv: 0 if RunDir(sys.argv[1]).read_status() else 1)")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0
+    assert proc.stderr == f"warning: {tmp_path / 'status.json'}: unreadable (a JSON list, not an object); ignored\n"
