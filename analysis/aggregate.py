@@ -13,6 +13,7 @@ claim in analysis/ uses.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import pandas as pd
@@ -71,7 +72,11 @@ def evaluated(runs: pd.DataFrame, split: str = "dev") -> tuple[pd.DataFrame, str
     if finished.empty:
         raise UserError("no run has a final evaluation (eval.json) yet")
     column = f"{split}_{only_value(finished, 'unit', 'unit (bpc or ppl)')}"
-    return finished[finished[column].notna()], column
+    scored = finished[column].notna()
+    if not scored.all():  # e.g. a non-finite score (written as null), or the split not evaluated
+        names = ", ".join(str(name) for name in finished.loc[~scored, "run_id" if "run_id" in finished else "run_dir"])
+        print(f"note: {(~scored).sum()} evaluated run(s) without a {column} score left out: {names}", file=sys.stderr)
+    return finished[scored], column
 
 
 def point_keys(runs: pd.DataFrame) -> list[str]:

@@ -86,7 +86,9 @@ class RunDir:
         atomic_write_json(self.eval_file, result)
 
     def is_done(self) -> bool:
-        return self.read_status().get("state") == "DONE" and self.eval_file.exists()
+        """DONE with a readable eval.json: a damaged one (empty, torn, not an object) makes the run one
+        to resubmit, whose trainer resumes from the final checkpoint and evaluates again."""
+        return self.read_status().get("state") == "DONE" and bool(_read_json(self.eval_file))
 
     def record_provenance(self, attempt: int, **fields: Any) -> None:
         """Write provenance.json for this attempt (plus `fields`, e.g. the data identity and the

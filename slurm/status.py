@@ -187,6 +187,8 @@ def selected_rows(selection: Selection) -> list[dict]:
         grid = run.entry.get("grid") if run.entry else None
         if grid not in (None, selection.grid_name):  # a shared run another grid resubmitted since
             submission, note = "other", f"{run.run_id}: job {job_id} is submission #{run.entry.get('submission')} of grid {grid}"
+        if state == "DONE" and not run_dir.is_done():  # what slurm.submit resubmits
+            state, note = "LOST", f"{run.run_id}: DONE, but its eval.json is missing or unreadable; resubmitting evaluates it again"
         if run_dir.path.is_symlink() and not run_dir.path.exists():
             state, note = MISSING, (f"{run.run_id}: shared with another grid through a link to "
                                     f"{os.readlink(run_dir.path)}, which was deleted; slurm.submit trains it afresh here")

@@ -424,6 +424,39 @@ def test_case09_damaged_status_json_reads_as_pending_with_one_warning(tmp_path, 
     assert status["state"] == "PENDING" and status["attempt"] == 0 and len(caught) == 1
 
 
+@pytest.mark.parametrize("content", [None, b"", b'{"unit": "bp', b"[1]", b"{}"], ids=["missing", "empty", "torn", "list", "empty-object"])
+def test_a_done_run_with_a_damaged_eval_json_is_not_done(tmp_path, content):
+    """slurm.status and slurm.submit counted such a run DONE, so it was never evaluated again,
+    while the analysis left it out (a fresh-user finding); resubmitting it now evaluates it again."""
+    import warnings
+
+    from experiments.run_dir import RunDir
+
+    run = RunDir(tmp_path)
+    run.write_status("DONE", step=4)
+    if content is not None:
+        run.eval_file.write_bytes(content)
+    with warnings.catch_warnings(record=True):
+        assert not run.is_done()
+    run.write_eval({"unit": "bpc", "valid": {"bpc": 1.0}})
+    assert run.is_done()
+
+
+def test_an_evaluated_run_without_the_compared_score_is_named_when_left_out(tmp_path, capsys):
+    """A non-finite dev score (written as null) dropped the run from the report without a word."""
+    from analysis.collect import load_runs
+    from analysis.report import compare_variants
+
+    _fake_run(tmp_path, ["train.seed=0"], 2.00)
+    diverged = _fake_run(tmp_path, ["train.seed=1"], 2.00)
+    result = json.loads((diverged / "eval.json").read_text())
+    result["valid"].update(loss=None, bpc=None)
+    (diverged / "eval.json").write_text(json.dumps(result))
+    row = compare_variants(load_runs([tmp_path]), "all_attention").iloc[0]
+    assert row["n"] == 1
+    assert f"1 evaluated run(s) without a dev_bpc score left out: {diverged.name}" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- submission side (slurm/): cases 3, 4, 7, 12, 20, contract
 
 
