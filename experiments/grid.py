@@ -63,8 +63,8 @@ def load_grid(path: str | Path, only: Iterable[str] = (), overrides: Iterable[st
     data["grid"] = path.stem
     runs = [_build_point(data, run, point, seed, index)
             for index, (run, point, seed) in enumerate(_points(sweep, explicit, seeds))]
+    _check_unique(runs)  # before --only: the indexes are the file's points, and a broken grid stays refused
     runs = _filter(runs, list(only))
-    _check_unique(runs)
     return Grid(name=path.stem, path=path, runs=runs)
 
 
@@ -161,8 +161,16 @@ def _lookup(data: dict, dotted: str) -> Any:
 
 
 def _check_unique(runs: list[RunConfig]) -> None:
+    """Refuse two points with one config hash (train.seed is in it, so seeds stay apart): the
+    name is not hashed, so points differing only in name (or in unhashed fields such as
+    train.log_every) trained twice and analysis.collect kept one (unique_runs: same hash)."""
     seen: dict[str, int] = {}
     for index, cfg in enumerate(runs):
-        if cfg.run_id in seen:
-            raise ConfigError("grid", f"points {seen[cfg.run_id]} and {index} expand to the same run {cfg.run_id}")
-        seen[cfg.run_id] = index
+        first = seen.setdefault(cfg.config_hash, index)
+        if first == index:
+            continue
+        if runs[first].name == cfg.name:
+            raise ConfigError("grid", f"points {first} and {index} expand to the same run {cfg.run_id}")
+        raise ConfigError("grid", f"points {first} ({runs[first].name}) and {index} ({cfg.name}) are the same run "
+                                  f"(config hash {cfg.config_hash}): only the name or unhashed settings differ "
+                                  "(README \"What the run id covers\"); drop one or change a setting")

@@ -75,3 +75,21 @@ def test_a_grid_whose_name_is_not_a_plain_folder_is_refused(tmp_path, stem):
     with pytest.raises(UserError, match="not a plain folder name") as err:
         load_grid(bad)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("runs", [
+    "[{name: a}, {name: b}]",
+    "[{name: a}, {name: b, train.log_every: 7}]",  # log_every is not hashed: still one run
+])
+def test_points_that_are_one_run_under_two_names_are_refused(tmp_path, runs):
+    """The name is not in the config hash, so both points trained into two folders and
+    analysis.collect kept one (a fresh-user finding); seeds differ in the hash and stay allowed."""
+    first = load_grid(write_grid(tmp_path, "runs: [{name: a}]\nseeds: [0, 1]\n")).runs[0]
+    path = write_grid(tmp_path, f"runs: {runs}\nseeds: [0, 1]\n")
+    with pytest.raises(ConfigError) as err:
+        load_grid(path)
+    message = str(err.value)
+    assert f"points 0 (a-seed=0) and 2 (b-seed=0) are the same run (config hash {first.config_hash})" in message
+    assert "\n" not in message
+    with pytest.raises(ConfigError, match="same run"):
+        load_grid(path, ["train.seed=1"])  # --only does not hide a broken grid
