@@ -18,14 +18,19 @@ keeps one value per step in its own way:
   (resume="allow"). W&B cannot rewrite a step, so a record is sent only if its
   step is past the last one of its split in metrics.jsonl when the attempt
   started (on CPU the values are identical anyway).
+
+W&B online needs an API key; `check_wandb_login` looks for one before the run starts.
 """
 from __future__ import annotations
 
+import configparser
 import importlib
+import netrc
 import os
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Mapping, Protocol
+from urllib.parse import urlsplit
 
 from experiments.log_config import WandbConfig
 from experiments.metrics import read_metrics
@@ -36,6 +41,10 @@ from model.errors import UserError
 REQUIREMENTS = "requirements-tracking.txt"
 NOT_SCALARS = ("step", "split", "attempt", "time")
 """Record fields that say where a value belongs rather than being one."""
+WANDB_CLOUD = ("api.wandb.ai", "api.forge.coreweave.com", "forge.coreweave.com")
+"""The hosts of W&B's cloud; wandb 0.31 finds its netrc entry under api.forge.coreweave.com or api.wandb.ai."""
+WANDB_LOCAL_MODES = ("offline", "dryrun", "disabled")
+"""W&B modes that never contact the server (the others need an API key)."""
 
 
 class Tracker(Protocol):
@@ -58,6 +67,55 @@ def _import(module: str, option: str, package: str) -> ModuleType:
     except ImportError:
         raise UserError(f"{option} is enabled but {package} is not installed: "
                         f"pip install -r {REQUIREMENTS}") from None
+
+
+def check_wandb_login(cfg: RunConfig) -> None:
+    """UserError, before anything is written, when the run logs to W&B online and wandb would
+    find no credentials (its wandb.init then fails at step 0, after queueing under SLURM).
+
+    Decided from the environment and files alone (no import of wandb, no network; the key is not
+    checked with the server), following wandb's own lookup (`wandb login --help`,
+    https://docs.wandb.ai/models/ref/cli/wandb-login, and wandb 0.31's sdk/lib/wbauth): the
+    WANDB_API_KEY or WANDB_IDENTITY_TOKEN_FILE variable, the api_key setting of the global
+    settings file ($WANDB_CONFIG_DIR/settings, default ~/.config/wandb/settings; the workspace
+    settings file in the run's wandb folder is not read), then the netrc file ($NETRC, else
+    ~/.netrc, else ~/_netrc) entry for the server's host (WANDB_BASE_URL, else the settings
+    file's base_url, else W&B's cloud). A null mode is W&B's default: WANDB_MODE, else the
+    settings file's mode, else online."""
+    if cfg.log.wandb is None:
+        return
+    settings = _wandb_settings()
+    mode = cfg.log.wandb.mode or os.environ.get("WANDB_MODE") or settings.get("mode") or "online"
+    if mode in WANDB_LOCAL_MODES or _wandb_credentials(settings):
+        return
+    raise UserError(f"log.wandb.mode is {cfg.log.wandb.mode or 'null (W&B default: online)'} but no W&B API key "
+                    "is set (WANDB_API_KEY or `wandb login`); use log.wandb.mode: offline to log locally")
+
+
+def _wandb_settings() -> dict[str, str]:
+    """The [default] section of W&B's global settings file (empty when it is missing or unreadable)."""
+    folder = Path(os.environ.get("WANDB_CONFIG_DIR") or "~/.config/wandb").expanduser()
+    parser = configparser.ConfigParser()
+    try:
+        parser.read(folder / "settings")
+        return dict(parser.items("default"))
+    except (OSError, configparser.Error):
+        return {}
+
+
+def _wandb_credentials(settings: Mapping[str, str]) -> bool:
+    """Whether wandb would find an API key (or identity token file) for its server."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE") or settings.get("api_key"):
+        return True
+    host = urlsplit(os.environ.get("WANDB_BASE_URL") or settings.get("base_url") or "https://api.wandb.ai").netloc
+    machines = WANDB_CLOUD[:2] if host in WANDB_CLOUD else (host,)
+    home_files = [Path(name).expanduser() for name in ("~/.netrc", "~/_netrc")]
+    path = os.environ.get("NETRC") or next((file for file in home_files if file.exists()), home_files[0])
+    try:
+        entries = netrc.netrc(str(Path(path).expanduser()))
+    except (OSError, netrc.NetrcParseError):  # wandb warns and reads no key from it
+        return False
+    return any((entries.authenticators(machine) or ("", "", ""))[2] for machine in machines)  # (login, account, key)
 
 
 class TensorBoardTracker:

@@ -37,6 +37,7 @@ from experiments.memory_check import check_memory
 from experiments.resources import usable_cpus
 from experiments.run_config import RunConfig, data_path, find_run_dir, load_run_config
 from experiments.run_dir import LOCK_FILE, PROJECT_ROOT, OwnerLock, RunDir
+from experiments.tracking import check_wandb_login
 from experiments.train_step import NonFiniteLoss
 from experiments.trainer import Trainer
 from model.errors import ConfigError, UserError
@@ -129,6 +130,7 @@ def _preflight(cfg: RunConfig, ctx: DistContext) -> Corpus:
     for warning in check_run(cfg, ctx.world_size):
         if ctx.is_main:
             log.warning("%s", warning)
+    check_wandb_login(cfg)
     memory_warning = check_memory(cfg, ctx.device, ctx.world_size)
     if memory_warning and ctx.is_main:
         log.warning("%s", memory_warning)

@@ -62,6 +62,7 @@ from experiments.resources import usable_cpus
 from experiments.run_config import RunConfig
 from experiments.run_dir import RunDir
 from experiments.store import Placement, claim, locate
+from experiments.tracking import check_wandb_login
 from experiments.train import prepare_run_dir
 from model.errors import UserError
 from model.summary import activation_bytes, count_parameters, summarize
@@ -154,6 +155,10 @@ def plan(grid: Grid, root: Path, profile: ClusterProfile, force: bool) -> list[P
                 warnings.setdefault(w, None)
         except UserError as err:
             raise UserError(f"run {cfg.run_id}: {err}") from None
+        try:  # a warning only here: the jobs' environment (a profile's setup lines) may hold the key
+            check_wandb_login(cfg)
+        except UserError as err:
+            warnings.setdefault(f"{err}; the jobs stop at start unless their environment has one", None)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     live = manifest.live_dirs(root)

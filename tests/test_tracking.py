@@ -20,7 +20,7 @@ import yaml
 from experiments import checkpoint
 from experiments.metrics import read_metrics
 from experiments.run_config import load_run_config
-from model.errors import ConfigError
+from model.errors import ConfigError, UserError
 from tests.conftest import PROJECT_ROOT
 from tests.helpers import prepare_lexicon, tiny_config
 
@@ -180,3 +180,98 @@ def test_wandb_follows_a_requeued_run_as_one_run_without_repeated_steps(corpus, 
         got = {step: value for (step, key), value in logged.items() if key == f"{split}/{field}"}
         assert sorted(got) == sorted(expected)
         assert [got[s] for s in sorted(got)] == pytest.approx([expected[s] for s in sorted(expected)], rel=1e-9)
+
+
+NO_KEY = ("log.wandb.mode is online but no W&B API key is set (WANDB_API_KEY or `wandb login`); "
+          "use log.wandb.mode: offline to log locally")
+
+
+@pytest.fixture
+def no_wandb_login(tmp_path, monkeypatch) -> Path:
+    """A home without W&B credentials or settings (the returned folder), and no W&B variables."""
+    home = tmp_path / "home"
+    home.mkdir()
+    for name in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL", "WANDB_MODE", "WANDB_CONFIG_DIR",
+                 "NETRC"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    return home
+
+
+def wandb_run(corpus: Path, tmp_path: Path, mode: str | None):
+    mode_text = "null" if mode is None else mode
+    return load_run_config(tiny_config(tmp_path, corpus), [f"log.wandb={{project: p, mode: {mode_text}}}"])
+
+
+def test_wandb_online_without_an_api_key_is_refused_before_the_run_directory_is_made(corpus, tmp_path,
+                                                                                       no_wandb_login):
+    run_dir = tmp_path / "run"
+    proc = train(tiny_config(tmp_path, corpus), run_dir, dict(os.environ), "--set",
+                 "log.wandb={project: p, mode: online}")
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in stderr, stderr
+    assert stderr.splitlines()[-1] == f"error: {NO_KEY}"
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("where", ["WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "~/.netrc", "~/_netrc", "$NETRC",
+                                   "netrc default entry", "settings api_key", "self-hosted netrc",
+                                   "self-hosted by settings", "forge netrc"])
+def test_wandb_online_starts_with_a_key_where_wandb_finds_one(corpus, tmp_path, no_wandb_login, monkeypatch, where):
+    from experiments.tracking import check_wandb_login
+
+    netrc_line = "machine api.wandb.ai login user password k3y\n"
+    if where in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.setenv(where, "k3y")
+    elif where in ("~/.netrc", "~/_netrc"):
+        (no_wandb_login / where[2:]).write_text(netrc_line)
+    elif where == "$NETRC":
+        (tmp_path / "elsewhere").write_text(netrc_line)
+        monkeypatch.setenv("NETRC", str(tmp_path / "elsewhere"))
+    elif where == "netrc default entry":
+        (no_wandb_login / ".netrc").write_text("default login user password k3y\n")
+    elif where == "forge netrc":  # where wandb 0.31 saves the key of W&B's cloud
+        (no_wandb_login / ".netrc").write_text("machine api.forge.coreweave.com login user password k3y\n")
+    elif where.startswith("self-hosted"):
+        (no_wandb_login / ".netrc").write_text("machine wandb.example.com:8080 login user password k3y\n")
+        if where == "self-hosted netrc":
+            monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.com:8080")
+        else:  # `wandb login --host` saves the host in the settings file
+            (no_wandb_login / ".config" / "wandb").mkdir(parents=True)
+            (no_wandb_login / ".config/wandb/settings").write_text("[default]\nbase_url = https://wandb.example.com:8080\n")
+    else:
+        monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+        (tmp_path / "wandb-config").mkdir()
+        (tmp_path / "wandb-config" / "settings").write_text("[default]\napi_key = k3y\n")
+    check_wandb_login(wandb_run(corpus, tmp_path, "online"))
+
+
+@pytest.mark.parametrize("netrc_text", [None, "", "machine api.wandb.ai login user password k3y\n",
+                                        "machine wandb.example.com login user\n", "machine ... unparsable \"\n"])
+def test_wandb_online_without_a_key_for_its_host_is_refused(corpus, tmp_path, no_wandb_login, monkeypatch,
+                                                            netrc_text):
+    from experiments.tracking import check_wandb_login
+
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.com")  # the api.wandb.ai entry is another host's
+    monkeypatch.setenv("WANDB_API_KEY", "")  # set but empty: wandb ignores it
+    if netrc_text is not None:
+        (no_wandb_login / ".netrc").write_text(netrc_text)
+    with pytest.raises(UserError) as refused:
+        check_wandb_login(wandb_run(corpus, tmp_path, "online"))
+    assert str(refused.value) == NO_KEY
+
+
+def test_wandb_modes_that_stay_local_need_no_key(corpus, tmp_path, no_wandb_login, monkeypatch):
+    from experiments.tracking import check_wandb_login
+
+    for mode in ("offline", "disabled"):
+        check_wandb_login(wandb_run(corpus, tmp_path, mode))
+    check_wandb_login(load_run_config(tiny_config(tmp_path, corpus)))  # no W&B at all
+    with pytest.raises(UserError, match=re.escape("log.wandb.mode is null (W&B default: online) but no W&B API key")):
+        check_wandb_login(wandb_run(corpus, tmp_path, None))  # null: W&B's default, online here
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    check_wandb_login(wandb_run(corpus, tmp_path, None))
+    monkeypatch.delenv("WANDB_MODE")
+    (no_wandb_login / ".config" / "wandb").mkdir(parents=True)
+    (no_wandb_login / ".config/wandb/settings").write_text("[default]\nmode = offline\n")
+    check_wandb_login(wandb_run(corpus, tmp_path, None))
