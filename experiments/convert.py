@@ -42,8 +42,24 @@ def import_authors(path: Path, cfg: RunConfig) -> dict[str, Tensor]:
 def read_ours(path: Path) -> tuple[dict[str, Tensor], dict | None, int]:
     """(model state, optimizer state or None, updates done) of our .pt file or checkpoint folder."""
     payload = read_checkpoint(path / "shared.pt" if path.is_dir() else path)
+    _check_payload(payload, path)
     step = int(payload.get("state", {}).get("step", 0)) if isinstance(payload.get("state"), dict) else 0
     return payload["model"], payload.get("optimizer"), step
+
+
+def _check_payload(payload: dict, path: Path) -> None:
+    """UserError naming the first entry of our checkpoint that is not what training writes: every
+    model entry a tensor, the optimizer state a {"state": dict, "param_groups": [dict, ...]}."""
+    for name, value in payload["model"].items():
+        if not isinstance(value, Tensor):
+            raise UserError(f"{path}: model entry {name} is a {type(value).__name__}, not a tensor (a damaged file?)")
+    optimizer = payload.get("optimizer")
+    if optimizer is None:
+        return
+    groups = optimizer.get("param_groups") if isinstance(optimizer, dict) else None
+    if not (isinstance(optimizer, dict) and isinstance(optimizer.get("state", {}), dict) and isinstance(groups, list)
+            and all(isinstance(group, dict) for group in groups)):
+        raise UserError(f"{path}: the optimizer state is not an optimizer's state_dict (a damaged file?)")
 
 
 def export_authors(ours: dict[str, Tensor], optimizer: dict | None, step: int, cfg: RunConfig) -> dict:
@@ -84,6 +100,9 @@ def _their_optimizer_entries(optimizer: dict, order: list[tuple[str, str]], step
         state = state_of[name]
         if state is None:
             continue
+        if not isinstance(state, dict) or (cfg.optim.name == "adagrad" and not isinstance(state.get("sum"), Tensor)):
+            raise UserError(f"the optimizer state of {name} is not the {cfg.optim.name} state training writes "
+                            "(a damaged file, or another optimizer?)")
         relaid = {k: their_tensor(name, v) if isinstance(v, Tensor) and v.dim() else v for k, v in state.items()}
         if cfg.optim.name == "adagrad":  # theirs also counts the updates of each tensor
             relaid = {"step": torch.tensor(float(step)), "sum": relaid["sum"]}

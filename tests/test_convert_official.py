@@ -148,6 +148,30 @@ def test_evaluate_and_convert_say_what_is_wrong_with_a_file(tmp_path):
     assert "a checkpoint of the authors' code: convert it first, python -m experiments.convert" in proc.stderr
 
 
+@pytest.mark.parametrize("damage", ["model-entry", "optimizer", "optimizer-entry"])
+def test_export_of_a_damaged_checkpoint_is_one_line(tmp_path, damage):
+    """--to-authors on a checkpoint with a model entry that is not a tensor, or an optimizer state that
+    is not one, raised AttributeError tracebacks (a fresh-user finding)."""
+    config, cfg = write_config(tmp_path)
+    model = build_model(cfg)
+    optimizer = torch.optim.Adagrad(model.parameters())
+    model(torch.zeros(2, 4, dtype=torch.long), model.init_cache(2), torch.zeros(2, 4, dtype=torch.long))[0].sum().backward()
+    optimizer.step()
+    payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": {"step": 1}}
+    if damage == "model-entry":
+        payload["model"]["embed.weight"] = "str"
+    elif damage == "optimizer":
+        payload["optimizer"] = "x"
+    else:
+        payload["optimizer"]["state"][0] = "x"
+    torch.save(payload, tmp_path / "ours.pt")
+    proc = subprocess.run([sys.executable, "-m", "experiments.convert", "--to-authors", str(tmp_path / "ours.pt"),
+                           "--config", str(config), "--out", str(tmp_path / "theirs.pt")], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "damaged" in proc.stderr and not (tmp_path / "theirs.pt").exists()
+
+
 def test_tied_copies_that_disagree_are_refused_in_one_line(tmp_path):
     config, cfg = write_config(tmp_path, **ADAPTIVE_IO)
     theirs = authors_layout(build_model(cfg), cfg)

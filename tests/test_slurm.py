@@ -337,8 +337,9 @@ def test_status_without_slurm_follows_the_manifest(tmp_path):
     flags = ["--set", "train.steps=6", "--only", "model.num_layers=1"]
     submitted = _expansion(grid, flags)
     grid_dir = root / "four"
-    for run_id in submitted:
+    for run_id in submitted:  # as the trainer leaves a finished run: DONE, with its final evaluation
         RunDir(grid_dir / run_id).write_status("DONE", stage="done", step=6)
+        RunDir(grid_dir / run_id).write_eval({"unit": "bpc", "valid": {"bpc": 2.0}, "test": {"bpc": 2.0}})
     dead_pid = "999999999"
     record.record_jobs(grid_dir, record.new_submission(grid, ["train.steps=6"], ["model.num_layers=1"]),
                        [(r, grid_dir / r, dead_pid, i) for i, r in enumerate(submitted)], "local")
