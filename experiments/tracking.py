@@ -86,10 +86,25 @@ def check_wandb_login(cfg: RunConfig) -> None:
         return
     settings = _wandb_settings()
     mode = cfg.log.wandb.mode or os.environ.get("WANDB_MODE") or settings.get("mode") or "online"
-    if mode in WANDB_LOCAL_MODES or _wandb_credentials(settings):
+    if mode in WANDB_LOCAL_MODES:
         return
-    raise UserError(f"log.wandb.mode is {cfg.log.wandb.mode or 'null (W&B default: online)'} but no W&B API key "
-                    "is set (WANDB_API_KEY or `wandb login`); use log.wandb.mode: offline to log locally")
+    found = _wandb_credentials(settings)
+    if found is None:
+        raise UserError(f"log.wandb.mode is {cfg.log.wandb.mode or 'null (W&B default: online)'} but no W&B API key "
+                        "is set (WANDB_API_KEY or `wandb login`); use log.wandb.mode: offline to log locally")
+    key, where = found
+    problem = _wandb_key_problem(key) if key is not None else None
+    if problem:
+        raise UserError(f"the W&B API key of {where} is not one wandb accepts: {problem}")
+
+
+def _wandb_key_problem(key: str) -> str | None:
+    """wandb's own check of a key's format (wandb.init refuses the key by it), when wandb has one."""
+    try:
+        from wandb.sdk.lib.wbauth.validation import check_api_key  # wandb >= 0.2x; absent: not checked here
+    except ImportError:
+        return None
+    return check_api_key(key)
 
 
 def _wandb_settings() -> dict[str, str]:
@@ -103,10 +118,15 @@ def _wandb_settings() -> dict[str, str]:
         return {}
 
 
-def _wandb_credentials(settings: Mapping[str, str]) -> bool:
-    """Whether wandb would find an API key (or identity token file) for its server."""
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE") or settings.get("api_key"):
-        return True
+def _wandb_credentials(settings: Mapping[str, str]) -> tuple[str | None, str] | None:
+    """(the API key, or None for an identity token file; where it was found) as wandb would find
+    them for its server, or None when there are none."""
+    if os.environ.get("WANDB_API_KEY"):
+        return os.environ["WANDB_API_KEY"], "WANDB_API_KEY"
+    if os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return None, "WANDB_IDENTITY_TOKEN_FILE"
+    if settings.get("api_key"):
+        return settings["api_key"], "W&B's settings file"
     host = urlsplit(os.environ.get("WANDB_BASE_URL") or settings.get("base_url") or "https://api.wandb.ai").netloc
     machines = WANDB_CLOUD[:2] if host in WANDB_CLOUD else (host,)
     home_files = [Path(name).expanduser() for name in ("~/.netrc", "~/_netrc")]
@@ -114,8 +134,10 @@ def _wandb_credentials(settings: Mapping[str, str]) -> bool:
     try:
         entries = netrc.netrc(str(Path(path).expanduser()))
     except (OSError, netrc.NetrcParseError):  # wandb warns and reads no key from it
-        return False
-    return any((entries.authenticators(machine) or ("", "", ""))[2] for machine in machines)  # (login, account, key)
+        return None
+    keys = [(entries.authenticators(machine) or ("", "", ""))[2] for machine in machines]  # (login, account, key)
+    key = next((k for k in keys if k), None)
+    return None if key is None else (key, f"the netrc file {path}")
 
 
 class TensorBoardTracker:

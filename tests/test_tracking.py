@@ -182,6 +182,8 @@ def test_wandb_follows_a_requeued_run_as_one_run_without_repeated_steps(corpus, 
         assert [got[s] for s in sorted(got)] == pytest.approx([expected[s] for s in sorted(expected)], rel=1e-9)
 
 
+KEY = "0123456789abcdef" * 3
+"""A key of a format wandb accepts (40+ letters, digits or underscores)."""
 NO_KEY = ("log.wandb.mode is online but no W&B API key is set (WANDB_API_KEY or `wandb login`); "
           "use log.wandb.mode: offline to log locally")
 
@@ -220,20 +222,20 @@ def test_wandb_online_without_an_api_key_is_refused_before_the_run_directory_is_
 def test_wandb_online_starts_with_a_key_where_wandb_finds_one(corpus, tmp_path, no_wandb_login, monkeypatch, where):
     from experiments.tracking import check_wandb_login
 
-    netrc_line = "machine api.wandb.ai login user password k3y\n"
+    netrc_line = f"machine api.wandb.ai login user password {KEY}\n"
     if where in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE"):
-        monkeypatch.setenv(where, "k3y")
+        monkeypatch.setenv(where, KEY)
     elif where in ("~/.netrc", "~/_netrc"):
         (no_wandb_login / where[2:]).write_text(netrc_line)
     elif where == "$NETRC":
         (tmp_path / "elsewhere").write_text(netrc_line)
         monkeypatch.setenv("NETRC", str(tmp_path / "elsewhere"))
     elif where == "netrc default entry":
-        (no_wandb_login / ".netrc").write_text("default login user password k3y\n")
+        (no_wandb_login / ".netrc").write_text(f"default login user password {KEY}\n")
     elif where == "forge netrc":  # where wandb 0.31 saves the key of W&B's cloud
-        (no_wandb_login / ".netrc").write_text("machine api.forge.coreweave.com login user password k3y\n")
+        (no_wandb_login / ".netrc").write_text(f"machine api.forge.coreweave.com login user password {KEY}\n")
     elif where.startswith("self-hosted"):
-        (no_wandb_login / ".netrc").write_text("machine wandb.example.com:8080 login user password k3y\n")
+        (no_wandb_login / ".netrc").write_text(f"machine wandb.example.com:8080 login user password {KEY}\n")
         if where == "self-hosted netrc":
             monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.com:8080")
         else:  # `wandb login --host` saves the host in the settings file
@@ -242,11 +244,11 @@ def test_wandb_online_starts_with_a_key_where_wandb_finds_one(corpus, tmp_path, 
     else:
         monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
         (tmp_path / "wandb-config").mkdir()
-        (tmp_path / "wandb-config" / "settings").write_text("[default]\napi_key = k3y\n")
+        (tmp_path / "wandb-config" / "settings").write_text(f"[default]\napi_key = {KEY}\n")
     check_wandb_login(wandb_run(corpus, tmp_path, "online"))
 
 
-@pytest.mark.parametrize("netrc_text", [None, "", "machine api.wandb.ai login user password k3y\n",
+@pytest.mark.parametrize("netrc_text", [None, "", f"machine api.wandb.ai login user password {KEY}\n",
                                         "machine wandb.example.com login user\n", "machine ... unparsable \"\n"])
 def test_wandb_online_without_a_key_for_its_host_is_refused(corpus, tmp_path, no_wandb_login, monkeypatch,
                                                             netrc_text):
@@ -259,6 +261,21 @@ def test_wandb_online_without_a_key_for_its_host_is_refused(corpus, tmp_path, no
     with pytest.raises(UserError) as refused:
         check_wandb_login(wandb_run(corpus, tmp_path, "online"))
     assert str(refused.value) == NO_KEY
+
+
+@pytest.mark.parametrize("where", ["WANDB_API_KEY", "~/.netrc"])
+def test_wandb_online_with_a_key_wandb_refuses_is_refused_before_the_run(corpus, tmp_path, no_wandb_login,
+                                                                          monkeypatch, where):
+    """A 3-character key passed the preflight, then wandb.init refused it: a traceback, the run FAILED
+    (a fresh-user finding). wandb's own format check now runs in the preflight."""
+    from experiments.tracking import check_wandb_login
+
+    if where == "WANDB_API_KEY":
+        monkeypatch.setenv("WANDB_API_KEY", "abc")
+    else:
+        (no_wandb_login / ".netrc").write_text("machine api.wandb.ai login user password abc\n")
+    with pytest.raises(UserError, match="is not one wandb accepts: API key must have 40"):
+        check_wandb_login(wandb_run(corpus, tmp_path, "online"))
 
 
 def test_wandb_modes_that_stay_local_need_no_key(corpus, tmp_path, no_wandb_login, monkeypatch):
