@@ -271,6 +271,17 @@ def test_force_replaces_only_prepared_data_or_an_empty_folder(shared_data: Path,
     assert load_corpus(tmp_path / "empty").meta["dataset"] == "text"
 
 
+def test_force_through_a_symlinked_out_prepares_into_its_target(tmp_path: Path) -> None:
+    """--force replaced a link (data/lexicon -> a scratch disk) by a real folder beside it, silently
+    (a fresh-user finding): the data is prepared where the link points, and the link stays."""
+    prepare("lexicon", *SMALL_LEXICON, "--out", tmp_path / "scratch" / "lex")
+    link = tmp_path / "project-data"
+    link.symlink_to(tmp_path / "scratch" / "lex")
+    prepare("lexicon", "--num-words", "30", *SMALL_LEXICON[2:], "--out", link, "--force")
+    assert link.is_symlink() and load_corpus(tmp_path / "scratch" / "lex").meta == load_corpus(link).meta
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["project-data", "scratch"]
+
+
 def test_a_vocabulary_of_one_symbol_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
     """Each split "\n\n\n" was prepared as "vocabulary 1", which training then refused with --force advice."""
     source = tmp_path / "newlines"

@@ -10,6 +10,7 @@ or not: replacing it would delete the user's input.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -55,6 +56,8 @@ def refuse_source_overlap(out: Path, sources: Sequence[Path]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out) if args.out else default_out(args)
+    if out.is_symlink():  # e.g. data/enwik8 -> a scratch disk: prepare there; replacing the link would move the data
+        out = Path(os.path.realpath(out))
     dataset = get(args.name)
     refuse_source_overlap(out, dataset.source_paths(args))  # before refuse_existing's advice, and any reading
     meta, warnings = prepare_into(out, args.name, lambda work: dataset.prepare(args, work), args.force,
