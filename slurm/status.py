@@ -37,7 +37,7 @@ from experiments.metrics import read_metrics
 from experiments.run_dir import RunDir
 from experiments.cli import ArgumentParser, folder, run_cli
 from slurm import manifest
-from slurm.job import STALLED_STAGE, read_attempts
+from slurm.job import STALLED_STAGE, checkpointed_step, read_attempts
 
 NOT_SUBMITTED = "not submitted"
 MISSING = "MISSING"
@@ -188,12 +188,21 @@ def selected_rows(selection: Selection) -> list[dict]:
         if grid not in (None, selection.grid_name):  # a shared run another grid resubmitted since
             submission, note = "other", f"{run.run_id}: job {job_id} is submission #{run.entry.get('submission')} of grid {grid}"
         if state == "DONE" and not run_dir.is_done():  # what slurm.submit resubmits
-            state, note = "LOST", f"{run.run_id}: DONE, but its eval.json is missing or unreadable; resubmitting evaluates it again"
+            state, note = "LOST", _unevaluated_note(run.run_id, run_dir)
         if run_dir.path.is_symlink() and not run_dir.path.exists():
             state, note = MISSING, (f"{run.run_id}: shared with another grid through a link to "
                                     f"{os.readlink(run_dir.path)}, which was deleted; slurm.submit trains it afresh here")
         rows.append(run_row(run.run_id, run_dir, state, status, job=job_id or "-", note=note, submission=submission))
     return rows
+
+
+def _unevaluated_note(run_id: str, run_dir: RunDir) -> str:
+    """What resubmitting a DONE run without a readable eval.json does: evaluate the final checkpoint,
+    or train from the start when no checkpoint is left."""
+    step = checkpointed_step(run_dir.path)
+    then = (f"resubmitting evaluates its checkpoint of step {step} again" if step
+            else "no checkpoint is left: resubmitting trains it again from step 0")
+    return f"{run_id}: DONE, but its eval.json is missing or unreadable; {then}"
 
 
 def table_lines(rows: list[dict]) -> list[str]:

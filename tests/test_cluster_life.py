@@ -431,6 +431,7 @@ def test_a_done_run_with_a_damaged_eval_json_is_not_done(tmp_path, content):
     import warnings
 
     from experiments.run_dir import RunDir
+    from slurm.status import _unevaluated_note
 
     run = RunDir(tmp_path)
     run.write_status("DONE", step=4)
@@ -438,6 +439,8 @@ def test_a_done_run_with_a_damaged_eval_json_is_not_done(tmp_path, content):
         run.eval_file.write_bytes(content)
     with warnings.catch_warnings(record=True):
         assert not run.is_done()
+    # no checkpoint left: slurm.status says it is trained again, not only evaluated
+    assert _unevaluated_note("r", run).endswith("no checkpoint is left: resubmitting trains it again from step 0")
     run.write_eval({"unit": "bpc", "valid": {"bpc": 1.0}})
     assert run.is_done()
 
