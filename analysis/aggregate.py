@@ -76,6 +76,8 @@ def evaluated(runs: pd.DataFrame, split: str = "dev") -> tuple[pd.DataFrame, str
     if not scored.all():  # e.g. a non-finite score (written as null), or the split not evaluated
         names = ", ".join(str(name) for name in finished.loc[~scored, "run_id" if "run_id" in finished else "run_dir"])
         print(f"note: {(~scored).sum()} evaluated run(s) without a {column} score left out: {names}", file=sys.stderr)
+    if not scored.any():
+        raise UserError(f"no run has a {column} score to compare")
     return finished[scored], column
 
 

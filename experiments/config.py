@@ -142,6 +142,8 @@ def parse_yaml(text: str, source: str = "<string>") -> Any:
         where = f"{source}:{mark.line + 1}" if mark else source
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError("", f"invalid YAML at {where}: {problem}") from None
+    except RecursionError:  # PyYAML's parser and constructor recurse once per nesting level
+        raise ConfigError("", f"invalid YAML in {source}: nested too deeply for a config") from None
 
 
 def read_text(path: Path) -> str:

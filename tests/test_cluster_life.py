@@ -446,9 +446,11 @@ def test_a_done_run_with_a_damaged_eval_json_is_not_done(tmp_path, content):
 
 
 def test_an_evaluated_run_without_the_compared_score_is_named_when_left_out(tmp_path, capsys):
-    """A non-finite dev score (written as null) dropped the run from the report without a word."""
+    """A non-finite dev score (written as null) dropped the run from the report without a word; with
+    no scored run left, the report said 'expected runs of one dataset, found none'."""
     from analysis.collect import load_runs
     from analysis.report import compare_variants
+    from model.errors import UserError
 
     _fake_run(tmp_path, ["train.seed=0"], 2.00)
     diverged = _fake_run(tmp_path, ["train.seed=1"], 2.00)
@@ -458,6 +460,8 @@ def test_an_evaluated_run_without_the_compared_score_is_named_when_left_out(tmp_
     row = compare_variants(load_runs([tmp_path]), "all_attention").iloc[0]
     assert row["n"] == 1
     assert f"1 evaluated run(s) without a dev_bpc score left out: {diverged.name}" in capsys.readouterr().err
+    with pytest.raises(UserError, match="^no run has a dev_bpc score to compare$"):
+        compare_variants(load_runs([diverged]), "all_attention")
 
 
 # ---------------------------------------------------------------- submission side (slurm/): cases 3, 4, 7, 12, 20, contract

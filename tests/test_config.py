@@ -265,3 +265,9 @@ def test_merge_key_in_a_grid_of_runs(tmp_path):
 def test_explicit_duplicate_keys_are_still_refused_next_to_a_merge(text, lines):
     with pytest.raises(ConfigError, match=f"duplicate key \\({lines}\\) in <string>"):
         parse_yaml(text)
+
+
+def test_yaml_nested_too_deeply_is_one_config_error():
+    """3,000 nested lists raised RecursionError with a traceback of thousands of lines (a fresh-user finding)."""
+    with pytest.raises(ConfigError, match="^invalid YAML in <string>: nested too deeply for a config$"):
+        parse_yaml("name: " + "[" * 3000 + "]" * 3000)
