@@ -86,9 +86,13 @@ class RunDir:
         atomic_write_json(self.eval_file, result)
 
     def is_done(self) -> bool:
-        """DONE with a readable eval.json: a damaged one (empty, torn, not an object) makes the run one
-        to resubmit, whose trainer resumes from the final checkpoint and evaluates again."""
-        return self.read_status().get("state") == "DONE" and bool(_read_json(self.eval_file))
+        """DONE with an eval.json as the trainer writes it (a unit, bpc or ppl, and each split's scores
+        an object): a damaged one (empty, torn, of another shape) makes the run one to resubmit, whose
+        trainer resumes from the final checkpoint and evaluates again."""
+        result = _read_json(self.eval_file)
+        splits = [value for key, value in result.items() if key in ("valid", "test")]
+        return (self.read_status().get("state") == "DONE" and result.get("unit") in ("bpc", "ppl")
+                and all(isinstance(scores, dict) for scores in splits))
 
     def record_provenance(self, attempt: int, **fields: Any) -> None:
         """Write provenance.json for this attempt (plus `fields`, e.g. the data identity and the

@@ -424,7 +424,8 @@ def test_case09_damaged_status_json_reads_as_pending_with_one_warning(tmp_path, 
     assert status["state"] == "PENDING" and status["attempt"] == 0 and len(caught) == 1
 
 
-@pytest.mark.parametrize("content", [None, b"", b'{"unit": "bp', b"[1]", b"{}"], ids=["missing", "empty", "torn", "list", "empty-object"])
+@pytest.mark.parametrize("content", [None, b"", b'{"unit": "bp', b"[1]", b"{}", b'{"unit": "bpc", "valid": [1]}'],
+                         ids=["missing", "empty", "torn", "list", "empty-object", "split-a-list"])
 def test_a_done_run_with_a_damaged_eval_json_is_not_done(tmp_path, content):
     """slurm.status and slurm.submit counted such a run DONE, so it was never evaluated again,
     while the analysis left it out (a fresh-user finding); resubmitting it now evaluates it again."""
