@@ -33,8 +33,8 @@ import ctypes
 import json
 import os
 import signal
-import sys
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
