@@ -262,7 +262,9 @@ def test_failing_run_is_reported_with_its_error_tail(corpus, tmp_path):
     wait_done(grid, root)
     # FAILED as slurm.status sees it: status.json says so, or (refused before the trainer wrote
     # anything) the scheduler does; the tail shows the cause from status.json or the job's log.
-    assert sorted(r["state"] for r in slurm_status.status_rows(grid, root)) == ["DONE", "FAILED"]
+    # sacct may record the job's end a moment after squeue forgets it: LOST until then.
+    _wait_for(lambda: sorted(r["state"] for r in slurm_status.status_rows(grid, root)) == ["DONE", "FAILED"],
+              "the failed job's state in accounting", timeout=60)
     tail = status(grid, root, "--tail")
     assert re.search(r"vanishing-corpus.*(no prepared data there|does not exist)", tail) and "FAILED" in tail
 
