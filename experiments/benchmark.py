@@ -82,10 +82,8 @@ def matmul_gflops(device: torch.device, precision: str = "fp32", repeats: int = 
 
 
 def attention_used(cfg: RunConfig, device: torch.device) -> str:
-    """The attention implementation a step runs: model.attention, `auto` resolved as model/layers.py does."""
-    if cfg.model.attention != "auto":
-        return cfg.model.attention
-    return "fused" if device.type == "cuda" else "banded"
+    """The attention implementation a step runs (ModelConfig.attention_on)."""
+    return cfg.model.attention_on(device.type)
 
 
 def random_tokens(cfg: RunConfig, blocks: int) -> np.ndarray:

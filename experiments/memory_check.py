@@ -39,8 +39,8 @@ def check_memory(cfg: RunConfig, device: torch.device, processes: int) -> str | 
         raise UserError(f"the model's weights, gradients and {cfg.optim.name} state need {need / 2**30:.2f} GiB, more than "
                         f"the {free / 2**30:.2f} GiB available ({source}); shrink model.d_model, num_layers, "
                         f"num_persistent or vocab_size, or run with more memory")
-    fused = cfg.model.attention == "fused" or (cfg.model.attention == "auto" and device.type == "cuda")
     rows = max(1, cfg.train.batch_size // processes // cfg.train.batch_split)
+    fused = cfg.model.attention_on(device.type) == "fused"
     activations = 0 if fused else activation_bytes(cfg.model, rows, cfg.train.block_size)
     if need + activations > free:
         return (f"the training state ({need / 2**30:.2f} GiB) and the activations of a micro-batch of {rows} rows "

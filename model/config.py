@@ -108,6 +108,13 @@ class ModelConfig:
     def uses_persistent(self) -> bool:
         return self.variant in PERSISTENT_VARIANTS
 
+    def attention_on(self, device_type: str) -> str:
+        """The implementation the context attention runs on `device_type` ('cuda', 'cpu', ...):
+        `attention`, with 'auto' resolved (fused on CUDA, banded elsewhere)."""
+        if self.attention != "auto":
+            return self.attention
+        return "fused" if device_type == "cuda" else "banded"
+
     def _check_geometry(self) -> None:
         if self.variant not in VARIANTS:
             raise ConfigError("variant", f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")

@@ -56,7 +56,7 @@ class SelfAttention(nn.Module):
         self.w_v = nn.Linear(d, d_context, bias=False)
         self.w_o = nn.Linear(d, d, bias=False)
         self.dropout = cfg.dropout
-        self.attention = cfg.attention
+        self.config = cfg
         self.span = AdaptiveSpan(cfg.adaptive_span, self.context_heads, cfg.attn_span) if cfg.adaptive_span.enabled else None
         self.persistent = self._make_persistent(cfg)
 
@@ -103,7 +103,7 @@ class SelfAttention(nn.Module):
         return ctx + self.persistent.attend(q, self.dropout, self.training)
 
     def _fused(self, q: Tensor) -> bool:
-        return self.attention == "fused" or (self.attention == "auto" and q.is_cuda)
+        return self.config.attention_on(q.device.type) == "fused"
 
 
 class FeedForward(nn.Module):
