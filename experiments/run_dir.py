@@ -124,6 +124,11 @@ class RunDir:
         """Take this run directory for this process's whole life (OwnerLock)."""
         return OwnerLock.take(self.path / LOCK_FILE)
 
+    def holder(self) -> str | None:
+        """Who trains this run directory now ("host H, pid P, SLURM job J, since T"), or None when
+        no process holds its owner lock (or the lock cannot be probed here)."""
+        return OwnerLock.holder(self.path / LOCK_FILE)
+
 
 LOCK_FILE = ".owner.lock"
 
@@ -150,10 +155,12 @@ class OwnerLock:
 
     @classmethod
     def take(cls, path: Path) -> "OwnerLock":
-        """The lock, or RunDirBusy naming the holder; never waits, and a refused caller changes nothing."""
+        """The lock, or RunDirBusy naming the holder; a refused caller changes nothing. It tries
+        again for up to 0.26 s (PROBE_WAITS_S) to outlast a probe (`holder`), which holds the lock
+        for microseconds."""
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock_past_probes(fd)
         except OSError as err:
             holder = _read_holder(fd)
             os.close(fd)
@@ -171,10 +178,43 @@ class OwnerLock:
             pass
         return cls(path, fd)
 
+    @staticmethod
+    def holder(path: Path) -> str | None:
+        """The holder of the lock at `path` as `take` names it, or None when it is free, missing,
+        unreadable or the filesystem has no flock. Probes without creating anything; a trainer
+        that starts during the probe waits it out (`take`)."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as err:
+            return _read_holder(fd) if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) else None
+        finally:
+            os.close(fd)  # releases the probe's shared lock, if it got one
+        return None
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing the last descriptor releases the flock
             self._fd = None
+
+
+PROBE_WAITS_S = (0.01, 0.05, 0.2)
+"""How long `take` waits, in turn, for a lock that a probe (`OwnerLock.holder`) may hold."""
+
+
+def _flock_past_probes(fd: int) -> None:
+    """flock(LOCK_EX | LOCK_NB), tried again after each of PROBE_WAITS_S; the last OSError otherwise."""
+    for wait in (*PROBE_WAITS_S, None):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as err:
+            if wait is None or err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            time.sleep(wait)
 
 
 def _read_holder(fd: int) -> str:

@@ -61,6 +61,10 @@ class RunStalled(RuntimeError):
     """The run made no progress in several attempts in a row; status.json says so, a resubmission continues it."""
 
 
+class RunBusy(RuntimeError):
+    """Another process trains the run directory; this job left it untouched."""
+
+
 class _Stall(BaseException):
     """Raised by `checkpoint()` from inside the trainer's signal handling: a BaseException, so
     that the trainer unwinds without marking the run FAILED (it is not an error of the run)."""
@@ -95,6 +99,10 @@ class TrainingJob(submitit.helpers.Checkpointable):
 
         _export_distributed_env()
         run_dir = RunDir(self.run_dir)
+        holder = run_dir.holder()
+        if holder is not None:  # before any record: the attempts and status are the holder's
+            raise RunBusy(f"run {run_dir.path.name} is being trained by another process ({holder}); "
+                          "this job leaves it untouched")
         self._start_step = checkpointed_step(run_dir.path)
         self._attempt = int(run_dir.read_status().get("attempt") or 0) + 1
         self._record("start", self._start_step)

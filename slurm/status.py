@@ -11,7 +11,9 @@ the scheduler: `squeue` for live jobs, and `sacct` (when accounting runs) for jo
 that died without updating their status (OOM kill, node failure, scancel). It
 works without accounting; such a job is then shown as LOST once squeue forgets it.
 A run the job stopped for lack of progress shows STALLED (resubmit to continue), a
-run cancelled by `--cancel` CANCELLED. Beside it: the step reached of the steps the run
+run cancelled by `--cancel` CANCELLED. A run whose directory a process outside the grid's jobs
+holds (its owner lock: a `train.py` started by hand, say) shows RUNNING, the note naming
+that process. Beside it: the step reached of the steps the run
 trains, the last train record's bpc (ppl for word-level data) and tokens/s, the attempts.
 The last column gives the steps each attempt added (from `<run_dir>/attempts.jsonl`; `…`
 while the attempt runs). `slurm.submit --wait` shows the same table while it waits
@@ -184,6 +186,9 @@ def selected_rows(selection: Selection) -> list[dict]:
         if job_id is None and state == "PENDING":  # no job was ever asked for: it would wait forever
             state = NOT_SUBMITTED
         note, submission = None, ",".join(f"#{n}" for n in run.submissions) or "-"
+        holder = None if run.run_id in live or state in ("DONE", "FAILED") else run_dir.holder()
+        if holder is not None:  # e.g. a train.py started by hand on the grid's run directory
+            state, note = "RUNNING", f"{run.run_id}: trained by a process outside this grid's jobs: {holder}"
         grid = run.entry.get("grid") if run.entry else None
         if grid not in (None, selection.grid_name):  # a shared run another grid resubmitted since
             submission, note = "other", f"{run.run_id}: job {job_id} is submission #{run.entry.get('submission')} of grid {grid}"

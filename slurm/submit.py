@@ -7,7 +7,8 @@
 Every config of the grid is validated, and checked against its prepared data and
 process count (experiments/contract.py), before anything is submitted or written:
 the first mismatch is refused in one line (exit 2). Each run is classified DONE
-(skipped), ACTIVE (a live job already has it: skipped) or SUBMIT. The plan shows,
+(skipped), ACTIVE (a live job already has it, or a process outside the root's jobs holds its
+run directory: skipped) or SUBMIT. The plan shows,
 per run, the time limit each attempt gets (and why, when the profile cuts the
 request), the expected number of attempts, the memory estimate per device against
 the profile's GPU (or the job's) memory, and the estimated GPU-hours with the
@@ -166,7 +167,8 @@ def plan(grid: Grid, root: Path, profile: ClusterProfile, force: bool) -> list[P
     for cfg in grid.runs:
         placement = locate(root, grid.name, cfg)
         job = live.get(str(placement.directory))
-        if job is not None:
+        holder = None if job is not None else RunDir(placement.directory).holder()
+        if job is not None or holder is not None:
             state = "ACTIVE"
         elif RunDir(placement.directory).is_done() and not force:
             state = "DONE"
@@ -177,7 +179,9 @@ def plan(grid: Grid, root: Path, profile: ClusterProfile, force: bool) -> list[P
         planned.append(PlannedRun(cfg, RunDir(placement.entry), state, hours, attempt_min,
                                   expected_attempts(cfg, profile, hours, attempt_min),
                                   estimate_memory_bytes(cfg), memory_limit_bytes(cfg, profile),
-                                  sharing_notes(placement, job, grid.name, force and state == "SUBMIT"), placement))
+                                  sharing_notes(placement, job, grid.name, force and state == "SUBMIT")
+                                  + ([f"trained by a process outside this root's jobs: {holder}"] if holder else []),
+                                  placement))
     return planned
 
 

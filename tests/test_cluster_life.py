@@ -1027,6 +1027,83 @@ def test_case02_the_same_command_started_twice_the_second_exits_naming_the_first
     assert code == 143 and f"resumed from step {stopped} " in stderr, stderr
 
 
+def test_case02_a_probe_names_the_holder_creates_nothing_and_a_trainer_starting_during_it_waits_it_out(tmp_path):
+    import fcntl
+    import socket
+    import threading
+
+    from experiments.run_dir import LOCK_FILE, RunDir
+
+    run = RunDir(tmp_path / "run")
+    assert run.holder() is None and not run.path.exists()
+    run.path.mkdir()
+    lock = run.lock()
+    assert run.holder().startswith(f"host {socket.gethostname()}, pid {os.getpid()}")
+    lock.release()
+    assert run.holder() is None
+    probe = os.open(run.path / LOCK_FILE, os.O_RDONLY)  # as a probe holds it, for a moment
+    fcntl.flock(probe, fcntl.LOCK_SH)
+    threading.Timer(0.03, os.close, [probe]).start()
+    run.lock().release()
+
+
+def _held_run(grid: Path, root: Path):
+    """The grid's only run directory, RUNNING, and its owner lock taken by this process (as by a
+    train.py started by hand on it)."""
+    from experiments.grid import load_grid
+    from experiments.run_dir import RunDir
+    from experiments.train import prepare_run_dir
+
+    (cfg,) = load_grid(grid).runs
+    run_dir = RunDir(root / grid.stem / cfg.run_id)
+    run_dir.path.mkdir(parents=True)
+    prepare_run_dir(cfg, run_dir)
+    run_dir.write_status("RUNNING", stage="train", step=7, attempt=1)
+    return run_dir, run_dir.lock()
+
+
+def test_case02_a_run_directory_another_process_trains_is_not_submitted_nor_touched(lexicon, tmp_path):
+    """slurm.submit submitted a run whose directory a hand-started trainer held, and wrote
+    "stage: submitted" into its status.json; the job then failed on the lock after recording an
+    attempt in the holder's attempts.jsonl. Now the plan shows it ACTIVE, naming the holder, and
+    slurm.status shows it RUNNING."""
+    grid = _grid(tmp_path, lexicon, "held")
+    root = tmp_path / "root"
+    run_dir, lock = _held_run(grid, root)
+    before = run_dir.status_file.read_bytes()
+    try:
+        proc = _submit_cmd(str(grid), "--root", str(root), "--executor", "local")
+        assert proc.returncode == 0, proc.stderr
+        assert "submitted 0 runs" in proc.stdout, proc.stdout
+        row = next(line for line in proc.stdout.splitlines() if line.startswith(run_dir.path.name))
+        assert " ACTIVE " in row and f"trained by a process outside this root's jobs: host " in row, row
+        assert f"pid {os.getpid()}" in row
+        assert run_dir.status_file.read_bytes() == before
+        assert not (run_dir.path / "attempts.jsonl").exists()
+        shown = _status_cmd(str(grid), "--root", str(root))
+        row = next(line for line in shown.stdout.splitlines() if line.startswith(run_dir.path.name))
+        assert "RUNNING" in row and f"pid {os.getpid()}" in shown.stdout, shown.stdout
+    finally:
+        lock.release()
+
+
+def test_case02_a_job_on_a_run_directory_another_process_trains_records_nothing(lexicon, tmp_path, monkeypatch):
+    """The job's probe (a trainer may take the run between the plan and the job's start)."""
+    from slurm import job as job_module
+
+    grid = _grid(tmp_path, lexicon, "raced")
+    run_dir, lock = _held_run(grid, tmp_path / "root")
+    before = run_dir.status_file.read_bytes()
+    monkeypatch.setattr(job_module, "_export_distributed_env", lambda: None)  # outside a submitit job
+    try:
+        with pytest.raises(job_module.RunBusy, match=f"being trained by another process \\(host .*pid {os.getpid()}"):
+            job_module.TrainingJob(run_dir.path)._train()
+    finally:
+        lock.release()
+    assert run_dir.status_file.read_bytes() == before
+    assert not (run_dir.path / "attempts.jsonl").exists()
+
+
 def test_case19_ctrl_c_checkpoints_and_stops_like_sigterm(lexicon, tmp_path):
     import signal
 
