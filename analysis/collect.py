@@ -36,6 +36,7 @@ from analysis.aggregate import left_out_note
 from analysis.inputs import RUN_MARKER, add_inputs_argument, resolve_run_dirs, selection
 from experiments.atomic import atomic_write_text
 from experiments.cli import ArgumentParser, folder, run_cli
+from experiments.evaluation import UNITS
 from experiments.metrics import scan_metrics
 from experiments.run_config import NOT_HASHED, run_config_from_dict
 from experiments.run_dir import PROJECT_ROOT
@@ -260,7 +261,7 @@ def _eval_columns(result: dict[str, Any] | None, notes: list[str]) -> dict[str, 
     if result is None:
         return {}
     unit = result.get("unit")
-    if unit not in ("bpc", "ppl"):
+    if unit not in UNITS:
         notes.append(f"eval.json unreadable (unit {unit!r})")
         return {}
     # eval_full is False when a split was capped (eval.max_tokens): not comparable with the paper.

@@ -45,6 +45,11 @@ class EvalConfig:
             raise ConfigError("max_tokens", f"must be >= 1 or null, got {self.max_tokens}")
 
 
+UNITS = ("bpc", "ppl")
+"""The units of results: bits per character (character-level corpora) and word perplexity
+(word-level); eval.json's `unit` is one of them."""
+
+
 def unit_value(loss: float, unit: str) -> float:
     """`loss` (nats per token) in the corpus's unit: bits per character ('bpc') or perplexity ('ppl');
     a perplexity past the float range (loss > 709.78 nats) is inf, where math.exp raises."""

@@ -23,6 +23,7 @@ import torch
 
 from experiments.atomic import atomic_write_json, atomic_write_text
 from experiments import strict_json
+from experiments.evaluation import UNITS
 from model.errors import UserError
 
 STATES = ("PENDING", "RUNNING", "DONE", "FAILED", "CANCELLED")
@@ -91,7 +92,7 @@ class RunDir:
         trainer resumes from the final checkpoint and evaluates again."""
         result = _read_json(self.eval_file)
         splits = [value for key, value in result.items() if key in ("valid", "test")]
-        return (self.read_status().get("state") == "DONE" and result.get("unit") in ("bpc", "ppl")
+        return (self.read_status().get("state") == "DONE" and result.get("unit") in UNITS
                 and all(isinstance(scores, dict) for scores in splits))
 
     def record_provenance(self, attempt: int, **fields: Any) -> None:

@@ -22,6 +22,9 @@ VARIANTS = (
 PERSISTENT_VARIANTS = ("all_attention", "attn_split", "head_split", "single_head", "ffn_attn")
 OUTPUTS = ("softmax", "adaptive")
 ATTENTION_IMPLEMENTATIONS = ("banded", "fused", "auto")
+MIN_VOCAB = 2
+"""Fewest symbols a model (and a corpus: `experiments.data` refuses smaller) may have: with one,
+every next token is certain, so there is nothing to learn."""
 MAX_SIZE = 2**30
 """Largest size field: every weight spans at most two of them, so its size in bytes stays within
 int64 (beyond it, building the model fails with an overflow, even on the meta device)."""
@@ -121,8 +124,8 @@ class ModelConfig:
         for name in ("vocab_size", "num_layers", "d_model", "num_heads", "attn_span"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
-        if self.vocab_size < 2:
-            raise ConfigError("vocab_size", f"must be >= 2, got {self.vocab_size}")
+        if self.vocab_size < MIN_VOCAB:
+            raise ConfigError("vocab_size", f"must be >= {MIN_VOCAB}, got {self.vocab_size}")
         for name in ("vocab_size", "num_layers", "d_model", "num_heads", "attn_span", "num_persistent", "ffn_size"):
             if (getattr(self, name) or 0) > MAX_SIZE:
                 raise ConfigError(name, f"must be <= {MAX_SIZE} (a tensor dimension), got {getattr(self, name)}")

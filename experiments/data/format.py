@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from model.config import MIN_VOCAB  # noqa: F401 - the model's floor is the corpus's: prepare and the loader refuse less
+
 SPLITS = ("train", "valid", "test")
 FORMAT_VERSION = 1
 META = "meta.json"
@@ -32,9 +34,6 @@ EOS = "<eos>"
 UNK = "<unk>"
 NEWLINE = 10
 ORDERS = ("appearance", "frequency")
-MIN_VOCAB = 2
-"""Fewest symbols a corpus may have: with one, every next token is certain, so there is nothing to
-learn. `prepare` refuses a smaller vocabulary and the loader a meta.json that records one."""
 PREPARED_FILES = frozenset({META, *(f"{split}.bin" for split in SPLITS)})
 """Everything `prepare` writes into a prepared directory."""
 
