@@ -115,6 +115,14 @@ def warnings_for(cfg: RunConfig, meta: Mapping[str, Any], meta_file: Path) -> li
     return []
 
 
+def planned_device_type(cfg: RunConfig) -> str:
+    """The device type a run's jobs train on: train.device, where 'auto' is CUDA when the `slurm:`
+    section asks for GPUs."""
+    if cfg.train.device == "auto":
+        return "cuda" if cfg.slurm.gpus_per_node else "cpu"
+    return cfg.train.device
+
+
 def planned_processes(cfg: RunConfig) -> int:
     """How many processes a run's `slurm:` section starts: one per GPU, or cpu_tasks_per_node, on each node."""
     return cfg.slurm.nodes * cfg.slurm.tasks_per_node

@@ -7,7 +7,6 @@ first large allocation, after the run directory is written. The activations are 
 estimate (model.summary.activation_bytes, one micro-batch), so state plus activations beyond
 the memory available is a warning, returned to the caller: train logs it, the benchmark refuses
 (a paper-scale config on a CPU machine was killed for memory after a minute, with no word).
-The fused attention stores no probabilities, so the estimate is not applied to it.
 Available memory: on CUDA the device's free
 memory; on CPU the least of the kernel's MemAvailable and, under a cgroup v2 limit (SLURM's
 --mem), the limit minus what the cgroup already uses, at every level up to the root.
@@ -40,8 +39,7 @@ def check_memory(cfg: RunConfig, device: torch.device, processes: int) -> str | 
                         f"the {free / 2**30:.2f} GiB available ({source}); shrink model.d_model, num_layers, "
                         f"num_persistent or vocab_size, or run with more memory")
     rows = max(1, cfg.train.batch_size // processes // cfg.train.batch_split)
-    fused = cfg.model.attention_on(device.type) == "fused"
-    activations = 0 if fused else activation_bytes(cfg.model, rows, cfg.train.block_size)
+    activations = activation_bytes(cfg.model, rows, cfg.train.block_size, cfg.model.attention_on(device.type))
     if need + activations > free:
         return (f"the training state ({need / 2**30:.2f} GiB) and the activations of a micro-batch of {rows} rows "
                 f"(about {activations / 2**30:.2f} GiB, an estimate) exceed the {free / 2**30:.2f} GiB available "

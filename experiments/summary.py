@@ -14,7 +14,7 @@ import torch
 
 from experiments.cli import ArgumentParser, run_cli
 from experiments import strict_json
-from experiments.contract import planned_processes
+from experiments.contract import planned_device_type, planned_processes
 from experiments.run_config import RunConfig, load_run_config
 from model import build_model
 from model.summary import summarize
@@ -70,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = load_run_config(args.config, args.set)
     per_gpu_batch = cfg.train.batch_size // max(1, cfg.slurm.gpus_per_node * cfg.slurm.nodes) // cfg.train.batch_split
     facts = {"name": cfg.name, "variant": cfg.model.variant,
-             **summarize(cfg.model, max(1, per_gpu_batch), cfg.train.block_size)}
+             **summarize(cfg.model, max(1, per_gpu_batch), cfg.train.block_size,
+                         cfg.model.attention_on(planned_device_type(cfg)))}
     facts["checkpoint_bytes"] = checkpoint_bytes(cfg)
     if args.json:
         print(strict_json.dumps(facts))

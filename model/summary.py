@@ -47,21 +47,28 @@ def flops_per_token(cfg: ModelConfig, params_non_embedding: int) -> int:
     return 6 * params_non_embedding + 12 * cfg.num_layers * cfg.d_model * cfg.attn_span
 
 
-def activation_bytes(cfg: ModelConfig, batch_size: int, block_size: int) -> int:
-    """Rough fp32 activation memory of one training batch, caches included."""
+def activation_bytes(cfg: ModelConfig, batch_size: int, block_size: int, attention: str) -> int:
+    """Rough fp32 activation memory of one training batch, caches included, in bytes.
+
+    `attention` is the path that runs (ModelConfig.attention_on): the banded one keeps each head's
+    probabilities and their dropout mask, B x H x M x (K + M + N) values each; the fused one only
+    its additive bias of that size (model/fused_attention.py). ValueError for another name."""
+    if attention not in ("banded", "fused"):
+        raise ValueError(f"attention must be 'banded' or 'fused', got {attention!r}")
     tokens = batch_size * block_size
     slots = cfg.attn_span + block_size + cfg.num_persistent
     per_layer = tokens * cfg.d_model * ACTIVATIONS_PER_TOKEN
-    per_layer += 2 * tokens * cfg.num_heads * slots  # attention probabilities and their dropout mask
+    per_layer += (1 if attention == "fused" else 2) * tokens * cfg.num_heads * slots
     per_layer += 2 * tokens * (cfg.ffn_size or 0)
     cache = batch_size * cfg.attn_span * cfg.d_model
     return BYTES_FP32 * cfg.num_layers * (per_layer + cache)
 
 
-def summarize(cfg: ModelConfig, batch_size: int | None = None, block_size: int | None = None) -> dict[str, Any]:
+def summarize(cfg: ModelConfig, batch_size: int | None = None, block_size: int | None = None,
+              attention: str = "banded") -> dict[str, Any]:
     facts: dict[str, Any] = count_parameters(cfg)
     facts["flops_per_token"] = flops_per_token(cfg, facts["params_non_embedding"])
     if batch_size and block_size:
-        facts["activation_bytes"] = activation_bytes(cfg, batch_size, block_size)
+        facts["activation_bytes"] = activation_bytes(cfg, batch_size, block_size, attention)
     return facts
 

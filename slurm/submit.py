@@ -56,7 +56,7 @@ from typing import Iterator, Sequence
 import submitit
 
 from experiments.atomic import atomic_write_text
-from experiments.contract import check_run, planned_processes
+from experiments.contract import check_run, planned_device_type, planned_processes
 from experiments.grid import DEFAULT_ROOT, Grid, load_grid
 from experiments.manifest import add_selection_arguments
 from experiments.resources import usable_cpus
@@ -130,7 +130,8 @@ def estimate_memory_bytes(cfg: RunConfig) -> int:
     params = count_parameters(cfg.model)["params_total"]
     states = 2 if cfg.optim.name == "adam" else 1
     rows = max(1, cfg.train.batch_size // devices(cfg) // cfg.train.batch_split)
-    return 4 * params * (2 + states) + activation_bytes(cfg.model, rows, cfg.train.block_size)
+    attention = cfg.model.attention_on(planned_device_type(cfg))
+    return 4 * params * (2 + states) + activation_bytes(cfg.model, rows, cfg.train.block_size, attention)
 
 
 def memory_limit_bytes(cfg: RunConfig, profile: ClusterProfile) -> int | None:

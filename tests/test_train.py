@@ -526,14 +526,18 @@ def test_state_and_activations_beyond_the_memory_warn_in_train_and_stop_the_benc
     cfg = load_run_config(tiny_config(tmp_path, corpus), ["train.batch_split=2"])
     state = state_bytes(cfg)
     rows = cfg.train.batch_size // 2 // 2  # two processes share the batch, each in two micro-batches
-    enough = state + activation_bytes(cfg.model, rows, cfg.train.block_size)
+    enough = state + activation_bytes(cfg.model, rows, cfg.train.block_size, "banded")
     for free, warned in ((enough - 1, True), (enough, False)):
         monkeypatch.setattr(memory_check, "available_bytes", lambda device: (free, "a test's figure"))
         warning = memory_check.check_memory(cfg, torch.device("cpu"), 2)
         assert (warning is not None) is warned and (not warned or f"micro-batch of {rows} rows" in warning)
+    # The fused attention keeps no probabilities, but its bias of their size: it was exempt from the estimate.
     fused = load_run_config(tiny_config(tmp_path, corpus), ["model.attention=fused"])
-    monkeypatch.setattr(memory_check, "available_bytes", lambda device: (state_bytes(fused), "a test's figure"))
-    assert memory_check.check_memory(fused, torch.device("cpu"), 1) is None  # it stores no probabilities
+    kept = activation_bytes(fused.model, fused.train.batch_size, fused.train.block_size, "fused")
+    assert kept < activation_bytes(fused.model, fused.train.batch_size, fused.train.block_size, "banded")
+    for free, warned in ((state_bytes(fused) + kept - 1, True), (state_bytes(fused) + kept, False)):
+        monkeypatch.setattr(memory_check, "available_bytes", lambda device: (free, "a test's figure"))
+        assert (memory_check.check_memory(fused, torch.device("cpu"), 1) is not None) is warned
     monkeypatch.setattr(memory_check, "available_bytes", lambda device: (state, "a test's figure"))
     with pytest.raises(SystemExit) as exit:
         run_cli(benchmark.main, [str(tiny_config(tmp_path, corpus)), "--steps", "1"])
