@@ -71,8 +71,10 @@ def setup_logging(rank: int) -> None:
                         format=f"%(asctime)s [rank {rank}] %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
 
 
-def run_training(cfg: RunConfig, run_dir: RunDir, *, restart: bool = False) -> int:
-    """Train (or resume) `cfg` in `run_dir`; the exit status of the run.
+def run_training(cfg: RunConfig, run_dir: RunDir, *, restart: bool = False,
+                 on_start: Callable[[], None] | None = None) -> int:
+    """Train (or resume) `cfg` in `run_dir`; the exit status of the run. `on_start` is called on
+    every rank once the run directory is this trainer's (slurm/job.py records the attempt there).
 
     Bad input found before the start (data contract, checksums, another trainer on the run
     directory) raises UserError with nothing written. Any error after start-up marks the run
@@ -86,6 +88,8 @@ def run_training(cfg: RunConfig, run_dir: RunDir, *, restart: bool = False) -> i
     try:
         corpus = _preflight(cfg, ctx)
         lock = _on_rank0(ctx, lambda: _take(run_dir))
+        if on_start is not None:
+            on_start()
         verified = _on_rank0(ctx, lambda: _verify_or_leave(cfg, corpus, run_dir, lock))
         try:
             trainer = _start(cfg, run_dir, ctx, corpus, restart, verified)

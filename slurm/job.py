@@ -94,23 +94,20 @@ class TrainingJob(submitit.helpers.Checkpointable):
         # Imported here, not at the top: unpickling this job must be quick, because submitit
         # installs its signal handlers only after it (an early SIGUSR2 would kill the job).
         from experiments.run_config import load_run_config
-        from experiments.run_dir import RunDir
+        from experiments.run_dir import RunDir, RunDirBusy
         from experiments.train import run_training
 
         _export_distributed_env()
         run_dir = RunDir(self.run_dir)
-        holder = run_dir.holder()
-        if holder is not None:  # before any record: the attempts and status are the holder's
-            raise RunBusy(f"run {run_dir.path.name} is being trained by another process ({holder}); "
-                          "this job leaves it untouched")
         self._start_step = checkpointed_step(run_dir.path)
-        self._attempt = int(run_dir.read_status().get("attempt") or 0) + 1
-        self._record("start", self._start_step)
         try:
-            code = run_training(load_run_config(run_dir.config), run_dir)
+            code = run_training(load_run_config(run_dir.config), run_dir, on_start=lambda: self._begin(run_dir))
+        except RunDirBusy as err:  # nothing recorded: the run directory, its status and attempts are the holder's
+            raise RunBusy(f"run {run_dir.path.name}: {err}") from None
         except (SystemExit, _Stall):  # submitit requeued the job, or checkpoint() stopped it: recorded there
             raise
         except BaseException as err:
+            self._begin(run_dir)  # a failure before the run directory was taken (data, config) is an attempt too
             self._record("end", checkpointed_step(run_dir.path), outcome=f"failed: {type(err).__name__}")
             raise
         if code > 128:
@@ -124,6 +121,13 @@ class TrainingJob(submitit.helpers.Checkpointable):
             raise RunFailed(f"run {run_dir.path.name} exited with status {code}: {run_dir.read_status().get('error')}")
         return self.run_dir
 
+    def _begin(self, run_dir: Any) -> None:
+        """Record this attempt's start, once: called when the trainer has taken the run directory."""
+        if getattr(self, "_attempt", None) is None:
+            self._start_step = checkpointed_step(run_dir.path)
+            self._attempt = int(run_dir.read_status().get("attempt") or 0) + 1
+            self._record("start", self._start_step)
+
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """Called by submitit's handler of the time-limit signal, after the trainer checkpointed.
         Requeue (return the same stateless job) while the run progresses; stop it when it has not
@@ -131,6 +135,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
         from experiments.run_dir import RunDir
 
         run_dir = RunDir(self.run_dir)
+        self._begin(run_dir)
         start, end = getattr(self, "_start_step", None), checkpointed_step(run_dir.path)
         progressed = start is not None and end > start
         stalled = 0 if progressed else getattr(self, "stalled", 0) + 1

@@ -1088,7 +1088,8 @@ def test_case02_a_run_directory_another_process_trains_is_not_submitted_nor_touc
 
 
 def test_case02_a_job_on_a_run_directory_another_process_trains_records_nothing(lexicon, tmp_path, monkeypatch):
-    """The job's probe (a trainer may take the run between the plan and the job's start)."""
+    """A trainer may take the run between the plan and the job's start: the job records its attempt
+    only once the run directory is its own."""
     from slurm import job as job_module
 
     grid = _grid(tmp_path, lexicon, "raced")
@@ -1096,7 +1097,7 @@ def test_case02_a_job_on_a_run_directory_another_process_trains_records_nothing(
     before = run_dir.status_file.read_bytes()
     monkeypatch.setattr(job_module, "_export_distributed_env", lambda: None)  # outside a submitit job
     try:
-        with pytest.raises(job_module.RunBusy, match=f"being trained by another process \\(host .*pid {os.getpid()}"):
+        with pytest.raises(job_module.RunBusy, match=f"being trained by another trainer \\(host .*pid {os.getpid()}"):
             job_module.TrainingJob(run_dir.path)._train()
     finally:
         lock.release()
