@@ -129,19 +129,30 @@ def load(grid_dir: str | os.PathLike) -> Manifest:
     grid_dir = Path(grid_dir)
     path = grid_dir / FILENAME
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         return Manifest(grid_dir)
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: not valid JSON ({err})") from err
+    except (ValueError, OSError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise UserError(f"{path}: {_one_line(err)}, not as slurm.submit writes it ({RECOVERY})") from None
     problem = _shape_problem(data)
     if problem:
-        raise UserError(f"{path}: {problem}, not as slurm.submit writes it (restore it, or move it aside: "
-                        f"the run folders stay, and resubmitting skips the finished ones)")
+        raise UserError(f"{path}: {problem}, not as slurm.submit writes it ({RECOVERY})")
     if "format" not in data:
         return _from_flat(grid_dir, data)
     submissions = [Submission.from_json(s) for s in data.get("submissions", [])]
     return Manifest(grid_dir, dict(data.get("runs", {})), submissions, exists=True)
+
+
+RECOVERY = ("restore it, or move it aside: the run folders stay, resubmitting skips the finished ones, "
+            "and jobs still running are then not tracked")
+
+
+def _one_line(err: Exception) -> str:
+    if isinstance(err, json.JSONDecodeError):
+        return f"not valid JSON ({err})"
+    if isinstance(err, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {err.start})"
+    return getattr(err, "strerror", None) or str(err)
 
 
 def _shape_problem(data: Any) -> str | None:

@@ -149,6 +149,7 @@ def expected_attempts(cfg: RunConfig, profile: ClusterProfile, gpu_hours: float,
 
 def plan(grid: Grid, root: Path, profile: ClusterProfile, force: bool) -> list[PlannedRun]:
     """Classify every run; refuses (UserError) the first run that cannot work, before anything is written."""
+    manifest.load_manifest(root / grid.name)  # damaged, it is refused here: the jobs would be recorded nowhere
     warnings: dict[str, None] = {}
     for cfg in grid.runs:
         check_time_limit(cfg, profile)

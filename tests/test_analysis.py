@@ -510,3 +510,18 @@ def test_manifest_of_the_wrong_shape_is_one_error_naming_the_file(tmp_path, body
     with pytest.raises(UserError) as info:
         manifest.load(tmp_path)
     assert "manifest.json" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("body", [b'{"format": 2, "ru', b"\xff\xfe{}", None])
+def test_a_torn_undecodable_or_unreadable_manifest_is_one_error_with_the_way_out(tmp_path, body):
+    """Undecodable bytes raised UnicodeDecodeError, a folder in its place IsADirectoryError."""
+    from experiments import manifest
+
+    if body is None:
+        (tmp_path / "manifest.json").mkdir()
+    else:
+        (tmp_path / "manifest.json").write_bytes(body)
+    with pytest.raises(UserError) as info:
+        manifest.load(tmp_path)
+    assert "manifest.json" in str(info.value) and "\n" not in str(info.value)
+    assert "move it aside" in str(info.value)

@@ -695,6 +695,20 @@ def _profile(tmp_path: Path, **fields) -> Path:
     return path
 
 
+def test_a_damaged_manifest_is_refused_before_anything_is_submitted(lexicon, tmp_path):
+    """A torn manifest.json was read only after sbatch: the command said "error", exit 2, but the job
+    ran, recorded nowhere (slurm.status and --cancel refuse the grid). A fresh-user finding."""
+    grid = _grid(tmp_path, lexicon, "torn")
+    root = tmp_path / "root"
+    (root / "torn").mkdir(parents=True)
+    (root / "torn" / "manifest.json").write_text('{"format": 2, "runs": {"a')
+    proc = _submit_cmd(str(grid), "--root", str(root), "--executor", "local")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "manifest.json" in proc.stderr and "move it aside" in proc.stderr
+    assert "submitted" not in proc.stdout
+    assert sorted(p.name for p in (root / "torn").iterdir()) == ["manifest.json"]
+
+
 def test_case20_the_dry_run_plan_says_what_it_decided(lexicon, tmp_path):
     """A 4320-minute request on a 2880-minute profile is cut *and said so*; attempts, the requeue
     policy, memory against the profile's GPU (with a warning when it does not fit) and the
