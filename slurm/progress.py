@@ -23,7 +23,7 @@ from typing import Callable, Sequence, TextIO
 import submitit
 
 from experiments.run_dir import RunDir
-from slurm.status import run_row, run_state, table_lines
+from slurm.status import run_row, run_state, stopped_by, table_lines
 
 TTY_INTERVAL_S = 1.5
 """Seconds between redraws on a terminal."""
@@ -42,14 +42,16 @@ def job_run_dir(job: submitit.Job) -> Path | None:
         return None
 
 
-def job_state(status: dict, job: submitit.Job | None) -> str:
+def job_state(status: dict, job: submitit.Job | None, run_dir: RunDir) -> str:
     """The state to show: status.json's while the job lives; once it ended, `slurm.status`'s rule
-    (a job that ended leaving no final state in status.json failed, unless it stopped STALLED)."""
+    (a job that ended leaving no final state in status.json failed, unless it stopped STALLED, or
+    STOPPED by a signal at a checkpoint)."""
     if job is None:
         return status.get("state", "PENDING")
     live = not job.done()
     queued = status.get("state") if status.get("state") in LIVE_STATES else None
-    return run_state(status, str(job.job_id), live, queued, final="FAILED")
+    return run_state(status, str(job.job_id), live, queued, final="FAILED",
+                     stopped=not live and stopped_by(run_dir) is not None)
 
 
 def progress_rows(run_dirs: Sequence[str | Path], jobs: Sequence[submitit.Job | None] | None = None,
@@ -63,7 +65,7 @@ def progress_rows(run_dirs: Sequence[str | Path], jobs: Sequence[submitit.Job | 
         run_dir = RunDir(path)
         status = run_dir.read_status()
         fields = {"job": str(job.job_id), "submission": submission} if job is not None else {}
-        rows.append(run_row(run_dir.path.name, run_dir, job_state(status, job), status, **fields))
+        rows.append(run_row(run_dir.path.name, run_dir, job_state(status, job, run_dir), status, **fields))
     return rows
 
 

@@ -11,7 +11,9 @@ the scheduler: `squeue` for live jobs, and `sacct` (when accounting runs) for jo
 that died without updating their status (OOM kill, node failure, scancel). It
 works without accounting; such a job is then shown as LOST once squeue forgets it.
 A run the job stopped for lack of progress shows STALLED (resubmit to continue), a
-run cancelled by `--cancel` CANCELLED. A run whose directory a process outside the grid's jobs
+run cancelled by `--cancel` CANCELLED, one a signal stopped at a checkpoint without a
+requeue (`scancel --signal=TERM`) STOPPED (resubmit to continue; SLURM's accounting says
+FAILED, as the job raised). A run whose directory a process outside the grid's jobs
 holds (its owner lock: a `train.py` started by hand, say) shows RUNNING, the note naming
 that process. Beside it: the step reached of the steps the run
 trains, the last train record's bpc (ppl for word-level data) and tokens/s, the attempts.
@@ -42,6 +44,8 @@ from slurm import manifest
 from slurm.job import STALLED_STAGE, checkpointed_step, read_attempts
 
 NOT_SUBMITTED = "not submitted"
+STOPPED = "STOPPED"
+"""A run a signal stopped at a checkpoint whose job then ended without a requeue; resubmitting resumes it."""
 MISSING = "MISSING"
 """A shared run whose link points at a directory that was deleted (with the grid that trained it)."""
 TERMINAL_SACCT = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
@@ -60,8 +64,9 @@ def sacct_states(job_ids: list[str]) -> dict[str, str]:
 
 
 def run_state(status: dict, job_id: str | None, live: bool, queued: str | None, final: str | None,
-              cancelled: bool = False) -> str:
-    """The state to show: the scheduler's word wins over a status.json left stale by a dead job."""
+              cancelled: bool = False, stopped: bool = False) -> str:
+    """The state to show: the scheduler's word wins over a status.json left stale by a dead job.
+    `stopped`: the last attempt checkpointed on a signal and ended (`stopped_by`)."""
     state = status.get("state", "PENDING")
     if state in ("DONE", "FAILED", "CANCELLED") or job_id is None:
         return state
@@ -71,7 +76,16 @@ def run_state(status: dict, job_id: str | None, live: bool, queued: str | None, 
         return "STALLED"
     if cancelled:  # the trainer wrote PENDING on its way out; the job was cancelled, not lost
         return "CANCELLED"
+    if stopped and state == "PENDING":  # a signal without a requeue (scancel --signal=TERM): nothing failed
+        return STOPPED
     return final if final in TERMINAL_SACCT else "LOST"
+
+
+def stopped_by(run_dir: RunDir) -> str | None:
+    """The last attempt's outcome when a signal stopped it at a checkpoint ("stopped by SIGTERM"), else None."""
+    attempts = read_attempts(run_dir.path)
+    outcome = attempts[-1]["outcome"] if attempts else None
+    return outcome if isinstance(outcome, str) and outcome.startswith("stopped by ") else None
 
 
 _LAST_TRAIN: dict[Path, tuple[tuple[int, int], dict | None]] = {}
@@ -182,7 +196,9 @@ def selected_rows(selection: Selection) -> list[dict]:
         status = run_dir.read_status()
         job_id = run.entry["job_id"] if run.entry else None
         cancelled = bool(run.entry and run.entry.get("cancelled"))
-        state = run_state(status, job_id, run.run_id in live, queued.get(job_id), accounted.get(job_id), cancelled)
+        signal_stop = stopped_by(run_dir)
+        state = run_state(status, job_id, run.run_id in live, queued.get(job_id), accounted.get(job_id), cancelled,
+                          stopped=signal_stop is not None)
         if job_id is None and state == "PENDING":  # no job was ever asked for: it would wait forever
             state = NOT_SUBMITTED
         note, submission = None, ",".join(f"#{n}" for n in run.submissions) or "-"
@@ -192,6 +208,9 @@ def selected_rows(selection: Selection) -> list[dict]:
         grid = run.entry.get("grid") if run.entry else None
         if grid not in (None, selection.grid_name):  # a shared run another grid resubmitted since
             submission, note = "other", f"{run.run_id}: job {job_id} is submission #{run.entry.get('submission')} of grid {grid}"
+        if state == STOPPED:
+            note = (f"{run.run_id}: {signal_stop} at its checkpoint of step {checkpointed_step(run_dir.path)}, "
+                    "and its job ended without a requeue; resubmitting resumes it")
         if state == "DONE" and not run_dir.is_done():  # what slurm.submit resubmits
             state, note = "LOST", _unevaluated_note(run.run_id, run_dir)
         if run_dir.path.is_symlink() and not run_dir.path.exists():

@@ -653,6 +653,35 @@ def test_case07_status_shows_each_attempt_s_progress(tmp_path):
     assert attempt_progress(run, {"step": 1710}) == "+1200 +300 +210…"
 
 
+def test_a_run_a_signal_stopped_without_a_requeue_shows_stopped_not_failed_or_lost(lexicon, tmp_path):
+    """`scancel --signal=TERM`: the trainer checkpointed and left PENDING, the job raised (sacct:
+    FAILED), and slurm.status showed FAILED (a fresh-user finding); LOST under the local executor."""
+    from experiments.run_dir import RunDir
+    from slurm.job import record_attempt
+    from slurm.status import run_state
+
+    grid = _grid(tmp_path, lexicon, "stopped")
+    root = tmp_path / "root"
+    run_id, run_dir = _done_run(grid, root)
+    run = RunDir(run_dir)
+    (run.checkpoints / "step_000010").mkdir(parents=True)
+    run.write_status("PENDING", stage="train", step=10, attempt=1)
+    (run_dir / "eval.json").unlink()
+    record_attempt(run_dir, 1, "start", 0)
+    record_attempt(run_dir, 1, "end", 10, outcome="stopped by SIGTERM")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    _record_local(root / "stopped", run_id, run_dir, dead.pid, None)
+    shown = _status_cmd(str(grid), "--root", str(root))
+    row = next(line for line in shown.stdout.splitlines() if line.startswith(run_id))
+    assert " STOPPED " in row, shown.stdout
+    assert (f"{run_id}: stopped by SIGTERM at its checkpoint of step 10, and its job ended without a requeue; "
+            "resubmitting resumes it") in shown.stdout
+    status = run.read_status()
+    assert run_state(status, "12", live=False, queued=None, final="FAILED", stopped=True) == "STOPPED"
+    assert run_state(status, "12", live=True, queued=None, final=None, stopped=True) == "RUNNING"
+
+
 def test_case12_local_executor_runs_max_parallel_at_a_time(lexicon, tmp_path):
     """--max-parallel 1 with the local executor: each run starts after the one before has ended."""
     from slurm.job import read_attempts
