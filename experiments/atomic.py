@@ -32,10 +32,27 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(err, OSError) and err.filename is None:
-            err.filename = str(path)  # a failed write names no file (e.g. ENOSPC): say which
+        failed = os_error_in(err)
+        if failed is not None and failed.filename is None:
+            failed.filename = str(path)  # a failed write names no file (e.g. ENOSPC): say which
+        if failed is not None and failed is not err:
+            raise failed from None  # the write's own error, not what the writer made of it
         raise
     fsync_dir(path.parent)
+
+
+def os_error_in(err: BaseException) -> OSError | None:
+    """`err` if it is an OSError, else the first OSError it was raised from or while handling: a
+    writer may turn a failed write into its own error (torch.save: ENOSPC becomes RuntimeError
+    "unexpected pos ...", the OSError only its __context__)."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _share_like_any_new_file(fd: int) -> None:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 
-from experiments.atomic import atomic_write_json, atomic_write_text
+from experiments.atomic import atomic_write_json, atomic_write_text, os_error_in
 from experiments.checkpoint import CheckpointIncomplete
 from experiments.cli import ArgumentParser, folder, run_cli
 from experiments.contract import check_run
@@ -101,8 +101,9 @@ def run_training(cfg: RunConfig, run_dir: RunDir, *, restart: bool = False,
             _settle(run_dir, ctx, "FAILED", str(err), trainer)
             raise
         except Exception as err:
-            if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-                _fail(run_dir, ctx, disk_full_line(err), trainer)  # that line alone: no traceback
+            failed = os_error_in(err)
+            if failed is not None and failed.errno in (errno.ENOSPC, errno.EDQUOT):
+                _fail(run_dir, ctx, disk_full_line(failed), trainer)  # that line alone: no traceback
                 return 1
             _settle(run_dir, ctx, "FAILED", _traceback_tail(), trainer)
             log.error("run failed at step %s: %s (status.json: FAILED; the traceback follows)", _step(trainer),

@@ -1201,6 +1201,45 @@ def test_case19_a_full_disk_leaves_a_final_state_and_one_line(lexicon, tmp_path,
     assert status["state"] == "FAILED" and status["error"].startswith("no space left on ") and status["step"] == 8
 
 
+def test_case19_a_disk_that_fills_inside_torch_save_is_a_full_disk_too(lexicon, tmp_path, monkeypatch, capsys):
+    """On a real full disk the write fails inside torch.save, which raises RuntimeError("unexpected
+    pos ...") with the OSError only as its context: the run failed with the whole traceback as its
+    error (a fresh-user finding on a 1.2 MB tmpfs)."""
+    import errno
+    import io
+
+    from experiments import atomic
+    from experiments.run_dir import RunDir
+    from experiments.train import run_training
+    from tests.helpers import tiny_config
+
+    real_fdopen = os.fdopen
+
+    class Full(io.FileIO):  # the first kilobyte fits
+        written = 0
+
+        def write(self, data):
+            self.written += len(data)
+            if self.written > 1024:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return super().write(data)
+
+    def fdopen(fd, *args, **kwargs):
+        if "step_000000008" in os.readlink(f"/proc/self/fd/{fd}"):
+            return Full(fd, "wb")
+        return real_fdopen(fd, *args, **kwargs)
+
+    monkeypatch.setattr(atomic.os, "fdopen", fdopen)
+    config = tiny_config(tmp_path, lexicon, train={"steps": 12})
+    run = RunDir(tmp_path / "run")
+    assert run_training(load_run_config(config), run) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "unexpected pos" not in err, err
+    status = run.read_status()
+    assert status["state"] == "FAILED" and status["step"] == 8
+    assert re.fullmatch(r"no space left on /\S* while writing \S+/step_000000008\.partial/\S+\.pt", status["error"])
+
+
 def test_case10_a_run_that_hit_enospc_and_later_finished_has_no_stale_error(lexicon, tmp_path, monkeypatch):
     from experiments.run_dir import RunDir
     from experiments.train import run_training
