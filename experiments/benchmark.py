@@ -240,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--csv", type=Path, help="append the result as a row of this CSV")
     parser.add_argument("--profile", action="store_true", help="also profile 3 more steps: self CPU time by op kind and part")
     args = parser.parse_args(argv)
-    output_file(args.csv, "--csv")
+    output_file(args.csv, "--csv", inputs=(args.config,))
     cfg = bench_config(args.config, args.set)
     device = resolve_device("cpu" if cfg.train.device == "cpu" else "auto", 0)  # a GPU config runs on CPU without one
     memory_warning = check_memory(cfg, device, 1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -70,16 +71,31 @@ def _one_line_warning(message: Warning | str, category: type[Warning], filename:
     return f"warning: {message}\n"
 
 
-def output_file(path: Path | None, flag: str) -> Path | None:
+def output_file(path: Path | None, flag: str, inputs: Sequence[str | os.PathLike | None] = (),
+                force: bool | None = None) -> Path | None:
     """`path` (None stays None) if a file can be written there. Raises UserError, before any
-    compute, if it is a directory or its folder is a file."""
+    compute, if it is a directory or its folder is a file; if it is one of the command's `inputs`
+    or lies inside one (a folder); and, with `force=False`, if it exists (`--force` replaces it)."""
     if path is None:
         return None
     if path.is_dir():
         raise UserError(f"{flag}: {path} is a directory, not a file")
     if _file_on_path(path):
         raise UserError(f"{flag}: cannot write {path}: a folder on its path is a file")
+    for source in filter(None, inputs):
+        if _is_or_inside(path, Path(source)):
+            raise UserError(f"{flag}: {path} is {'inside ' if Path(source).is_dir() else ''}an input of this "
+                            f"command ({source}); writing it would destroy it: write elsewhere")
+    if force is False and path.exists():
+        raise UserError(f"{flag}: {path} exists; pass --force to replace it")
     return path
+
+
+def _is_or_inside(path: Path, source: Path) -> bool:
+    """Whether `path` names `source` (through links too) or a file inside the folder `source`."""
+    if path.exists() and source.exists() and os.path.samefile(path, source):
+        return True
+    return source.is_dir() and path.resolve().is_relative_to(source.resolve())
 
 
 def folder(text: str) -> Path:

@@ -1,7 +1,9 @@
 """Convert checkpoints between the authors' released code and this project, both ways:
 
-    python -m experiments.convert AUTHORS.pt --config CONFIG.yaml --out OURS.pt
-    python -m experiments.convert --to-authors OURS --config CONFIG.yaml --out THEIRS.pt
+    python -m experiments.convert AUTHORS.pt --config CONFIG.yaml --out OURS.pt [--force]
+    python -m experiments.convert --to-authors OURS --config CONFIG.yaml --out THEIRS.pt [--force]
+
+--out is a new file: an existing one is replaced only with --force, and never an input.
 
 Import: their file (from their `save_checkpoint`) -> `{"model": state_dict}` that
 `experiments.evaluate CONFIG --checkpoint OURS.pt` and the trainer load.
@@ -116,7 +118,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--to-authors", type=Path, metavar="OURS",
                         help="export instead: our .pt file or checkpoint folder, written in the authors' layout")
     parser.add_argument("--config", required=True, help="our run config of the same geometry")
-    parser.add_argument("--out", required=True, type=Path, help="converted file to write")
+    parser.add_argument("--out", required=True, type=Path, help="converted file to write (a new file, or --force)")
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     return parser.parse_args(argv)
 
 
@@ -124,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     if (args.checkpoint is None) == (args.to_authors is None):
         raise UserError("give either the authors' checkpoint to import, or --to-authors OURS to export")
-    output_file(args.out, "--out")
+    output_file(args.out, "--out", inputs=(args.checkpoint, args.to_authors, args.config), force=args.force)
     cfg = load_run_config(args.config)
     if args.to_authors is not None:
         theirs = export_authors(*read_ours(args.to_authors), cfg)

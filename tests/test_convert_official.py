@@ -250,3 +250,40 @@ def test_export_refuses_a_checkpoint_that_does_not_fit(tmp_path, capsys):
     err = capsys.readouterr().err
     assert refused.value.code == 2 and err.count("\n") == 1 and "layers.0.attn.w_q.weight" in err
     assert not (tmp_path / "theirs.pt").exists()
+
+
+def test_convert_never_writes_over_an_input_and_replaces_a_file_only_with_force(tmp_path, capsys):
+    """`--out` equal to the file being converted replaced it (the authors' checkpoint was gone), and
+    any existing --out was overwritten without a word (a fresh-user finding)."""
+    config, cfg = write_config(tmp_path)
+    torch.save({"model": build_model(cfg).state_dict()}, tmp_path / "ours.pt")
+    folder = tmp_path / "step_000000010"
+    folder.mkdir()
+    torch.save({"model": build_model(cfg).state_dict()}, folder / "shared.pt")
+    originals = {path: path.read_bytes() for path in (tmp_path / "ours.pt", folder / "shared.pt", config)}
+    refusals = [
+        (["--to-authors", tmp_path / "ours.pt", "--out", tmp_path / "ours.pt"], "is an input of this command"),
+        (["--to-authors", folder, "--out", folder / "shared.pt"], "is inside an input of this command"),
+        (["--to-authors", tmp_path / "ours.pt", "--out", config], "is an input of this command"),
+        ([tmp_path / "ours.pt", "--out", tmp_path / "ours.pt", "--force"], "is an input of this command"),
+        (["--to-authors", tmp_path / "ours.pt", "--out", folder / "shared.pt"], "exists; pass --force"),
+    ]
+    for args, said in refusals:
+        with pytest.raises(SystemExit) as refused:
+            convert.run_cli(convert.main, [*map(str, args), "--config", str(config)])
+        err = capsys.readouterr().err
+        assert refused.value.code == 2 and err.count("\n") == 1 and said in err, (args, err)
+    assert all(path.read_bytes() == data for path, data in originals.items())
+    (tmp_path / "theirs.pt").write_bytes(b"an old export")
+    convert.main(["--to-authors", str(tmp_path / "ours.pt"), "--config", str(config), "--out",
+                  str(tmp_path / "theirs.pt"), "--force"])
+    assert "module.key_pe" in torch.load(tmp_path / "theirs.pt", weights_only=True)["model"]
+
+
+def test_benchmark_csv_never_writes_over_its_config(tmp_path):
+    config, _ = write_config(tmp_path)
+    before = config.read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "experiments.benchmark", str(config), "--csv", str(config)],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "is an input" in proc.stderr, proc.stderr
+    assert config.read_bytes() == before
