@@ -56,13 +56,20 @@ def default_run_dir(cfg: RunConfig, root: Path | None = None) -> Path:
 def prepare_run_dir(cfg: RunConfig, run_dir: RunDir) -> None:
     """Write config.yaml, or check that the existing one is this config. A config that differs only
     in fields outside the run id (cadence, layout, tracking) replaces it: the run continues with them."""
-    if run_dir.config.exists():
-        existing = load_run_config(run_dir.config)
-        if existing.config_hash != cfg.config_hash:
-            raise UserError(f"{run_dir.path} holds a different config ({existing.run_id}); choose another --run-dir")
-        if existing.to_dict() == cfg.to_dict():
-            return
-    atomic_write_text(run_dir.config, cfg.to_yaml())
+    existing = check_same_run(cfg, run_dir)
+    if existing is None or existing.to_dict() != cfg.to_dict():
+        atomic_write_text(run_dir.config, cfg.to_yaml())
+
+
+def check_same_run(cfg: RunConfig, run_dir: RunDir) -> RunConfig | None:
+    """The config run_dir holds (None when it holds none yet); UserError if it is another run's, or
+    damaged. Reads only."""
+    if not run_dir.config.exists():
+        return None
+    existing = load_run_config(run_dir.config)
+    if existing.config_hash != cfg.config_hash:
+        raise UserError(f"{run_dir.path} holds a different config ({existing.run_id}); choose another --run-dir")
+    return existing
 
 
 def setup_logging(rank: int) -> None:
@@ -77,7 +84,7 @@ def run_training(cfg: RunConfig, run_dir: RunDir, *, restart: bool = False,
     every rank once the run directory is this trainer's (slurm/job.py records the attempt there).
 
     Bad input found before the start (data contract, checksums, another trainer on the run
-    directory) raises UserError with nothing written. Any error after start-up marks the run
+    directory, another run's config in it) raises UserError with nothing written. Any error after start-up marks the run
     FAILED in status.json (with the error tail that `slurm.status --tail` shows) and is said in
     one line on stderr; a full disk is that one line alone ("no space left on ... while writing ...").
     """
@@ -88,6 +95,7 @@ def run_training(cfg: RunConfig, run_dir: RunDir, *, restart: bool = False,
     try:
         corpus = _preflight(cfg, ctx)
         lock = _on_rank0(ctx, lambda: _take(run_dir))
+        _on_rank0(ctx, lambda: check_same_run(cfg, run_dir))  # refused, the run's status stays as it was
         if on_start is not None:
             on_start()
         verified = _on_rank0(ctx, lambda: _verify_or_leave(cfg, corpus, run_dir, lock))

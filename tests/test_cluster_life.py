@@ -1148,6 +1148,28 @@ def test_case02_a_job_on_a_run_directory_another_process_trains_records_nothing(
     assert not (run_dir.path / "attempts.jsonl").exists()
 
 
+def test_a_run_directory_of_another_config_is_refused_with_its_status_untouched(lexicon, tmp_path):
+    """train with a config of another run id on a DONE run's directory said so in one line, but
+    marked the run FAILED first: slurm.status showed it FAILED and a resubmission reran it (a
+    fresh-user finding)."""
+    from experiments.run_dir import RunDir
+    from experiments.train import prepare_run_dir, run_training
+    from model.errors import UserError
+    from tests.helpers import tiny_config
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    prepare_run_dir(load_run_config(tiny_config(tmp_path, lexicon)), run)
+    run.write_status("DONE", stage="done", step=12, attempt=1)
+    before = {path.name: path.read_bytes() for path in run.path.iterdir() if path.is_file()}
+    (tmp_path / "other").mkdir()
+    other = load_run_config(tiny_config(tmp_path / "other", lexicon, train={"steps": 13}))
+    with pytest.raises(UserError, match="holds a different config"):
+        run_training(other, run)
+    after = {path.name: path.read_bytes() for path in run.path.iterdir() if path.is_file()}
+    assert {name: data for name, data in after.items() if name != ".owner.lock"} == before
+
+
 def test_case19_ctrl_c_checkpoints_and_stops_like_sigterm(lexicon, tmp_path):
     import signal
 
