@@ -7,6 +7,7 @@ where a traceback buries the cause.
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 import sys
@@ -50,16 +51,29 @@ def non_negative(text: str) -> float:
     return value
 
 
+ENVIRONMENT_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT,
+                                errno.ENAMETOOLONG, errno.ELOOP})
+"""OSErrors that say what the machine refuses (a read-only or full filesystem, permissions), not
+what the code got wrong: a command says them in one line."""
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
-    """Run a command's `main`, turning a UserError into one stderr line and exit 2, and each
-    warning into one line `warning: ...` (Python's format adds the file, line number and source
-    line of the warn() call, which mean nothing to the command's user)."""
+    """Run a command's `main`, turning a UserError into one stderr line and exit 2, an OSError of
+    ENVIRONMENT_ERRNOS into one line naming the file and exit 1, and each warning into one line
+    `warning: ...` (Python's format adds the file, line number and source line of the warn()
+    call, which mean nothing to the command's user)."""
     warnings.formatwarning = _one_line_warning
     try:
         code = main(argv)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except OSError as err:
+        if err.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        where = f": {os.fsdecode(err.filename)}" if err.filename is not None else ""
+        print(f"error: {err.strerror or err}{where}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -159,3 +160,25 @@ def test_a_command_s_warnings_are_one_line_each(tmp_path):
                           timeout=60)
     assert proc.returncode == 0
     assert proc.stderr == f"warning: {tmp_path / 'status.json'}: unreadable (a JSON list, not an object); ignored\n"
+
+
+def test_a_filesystem_that_refuses_is_one_line_naming_the_file(capsys):
+    """A read-only run root gave slurm.submit and train a 25-line traceback ending in
+    `OSError: [Errno 30] Read-only file system: '.../.store.lock'` (a fresh-user finding)."""
+    import errno
+
+    from experiments.cli import run_cli
+
+    def refused(argv):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), "/runs/.store.lock")
+
+    with pytest.raises(SystemExit) as exit:
+        run_cli(refused, [])
+    assert exit.value.code == 1
+    assert capsys.readouterr().err == "error: Read-only file system: /runs/.store.lock\n"
+
+    def broken(argv):  # not the machine refusing: a bug keeps its traceback
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+
+    with pytest.raises(OSError):
+        run_cli(broken, [])
