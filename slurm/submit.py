@@ -43,12 +43,13 @@ holder's `.replaced/`).
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import os
 import signal
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -329,7 +330,8 @@ def submit_group(grid_dir: Path, runs: list[PlannedRun], executor: submitit.Exec
         Path(os.path.realpath(p.run_dir.path)).mkdir(parents=True, exist_ok=True)  # through a shared run's link
         prepare_run_dir(p.dir_config, p.run_dir)
         p.run_dir.write_status("PENDING", stage="submitted", error=None)
-    with submitit.helpers.clean_env(), _controllers_detached(executor, grid_dir / ".submitit" / "controllers.log"):
+    with _sbatch_errors_held(), submitit.helpers.clean_env(), \
+            _controllers_detached(executor, grid_dir / ".submitit" / "controllers.log"):
         with executor.batch():
             jobs = [executor.submit(training_job(p.run_dir, profile)) for p in runs]
     manifest.record_jobs(grid_dir, submission or manifest.new_submission(),
@@ -342,6 +344,22 @@ def submit_group(grid_dir: Path, runs: list[PlannedRun], executor: submitit.Exec
     for p, job in zip(runs, jobs):
         _link_logs(p.run_dir, Path(job.paths.folder))
     return jobs
+
+
+@contextmanager
+def _sbatch_errors_held() -> Iterator[None]:
+    """submitit prints sbatch's stderr when sbatch fails, then raises it as FailedJobError: the
+    caller says it once, in its one line. Anything else written here is passed on."""
+    held = io.StringIO()
+    try:
+        with redirect_stderr(held):
+            yield
+    except submitit.core.utils.FailedJobError:
+        raise
+    except BaseException:
+        sys.stderr.write(held.getvalue())
+        raise
+    sys.stderr.write(held.getvalue())
 
 
 @contextmanager
@@ -486,10 +504,21 @@ def submit_planned(grid_dir: Path, planned: list[PlannedRun], profile: ClusterPr
         jobs = []
         for shape_runs in _groups(to_submit).values():
             executor = make_executor(grid_dir, shape_runs[0].cfg, shape_runs, profile, local, max_parallel)
-            jobs += submit_group(grid_dir, shape_runs, executor, submission, profile)
+            try:
+                jobs += submit_group(grid_dir, shape_runs, executor, submission, profile)
+            except submitit.core.utils.FailedJobError as err:  # its message is sbatch's whole stderr
+                raise UserError(f"sbatch refused {len(shape_runs)} run(s): {_sbatch_error(err)}; they stay unsubmitted"
+                                + (f" ({len(jobs)} run(s) submitted before are recorded)" if jobs else "")) from None
     ids = sorted({j.job_id.split("_")[0] for j in jobs})
     print(f"submitted {len(jobs)} runs" + (f": jobs {', '.join(ids)}" if jobs else ""))
     return jobs
+
+
+def _sbatch_error(err: Exception) -> str:
+    """sbatch's error lines ("sbatch: error: ..."), else its last line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    said = [line for line in lines if "error:" in line]
+    return "; ".join(said or lines[-1:]) or type(err).__name__
 
 
 def _where(p: PlannedRun) -> Path:

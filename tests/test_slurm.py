@@ -651,3 +651,14 @@ def test_ctrl_c_on_a_local_submit_stops_the_submitting_not_the_started_runs(corp
     (final,) = wait_done(grid, root, timeout=300)
     assert final["state"] == "DONE" and final["step"] == 1500, final
     assert proc.returncode == 130 and "the runs already started keep running" in err, err
+
+
+def test_a_request_sbatch_refuses_is_one_line(corpus, tmp_path):
+    """sbatch's refusal (memory no node has) was a 50-line submitit traceback (a fresh-user finding)."""
+    require_slurm()
+    grid = write_grid(tmp_path, corpus, "huge", {}, slurm={"cpus_per_task": 1, "mem_gb": 100000, "timeout_min": 20})
+    root = tmp_path / "root"
+    proc = submit(grid, root, "--cluster", "local")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("error: sbatch refused 1 run(s): sbatch: error: ") and "unsubmitted" in proc.stderr
+    assert "not submitted" in status(grid, root)
