@@ -105,7 +105,8 @@ def _grid_run_dirs(grid: Path, root: str | os.PathLike | None, overrides: Sequen
     dirs = [d for d in dirs if (d / RUN_MARKER).is_file()]
     print(note, file=sys.stderr)
     if absent:  # a run writes its config.yaml when it starts
-        print(f"note: {len(absent)} of the runs have no {RUN_MARKER} in {grid_dir} (not started yet, or removed), "
+        print(f"note: {len(absent)} of the runs have no {RUN_MARKER} in {grid_dir} (not started yet, or removed: "
+              f"slurm.submit writes a finished run's again), "
               f"left out: {', '.join(absent[:5])}{', ...' if len(absent) > 5 else ''}", file=sys.stderr)
     if not dirs:
         flags = f" matching {selection.selection_flags()}" if selection.filtered else ""

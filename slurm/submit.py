@@ -497,6 +497,10 @@ def submit_planned(grid_dir: Path, planned: list[PlannedRun], profile: ClusterPr
         _claim(grid_dir, p)
     for p in rerun:  # those that had a directory before the claims made new ones
         _archive_for_rerun(p.run_dir)
+    for p in planned:
+        if p.state == "DONE" and not p.run_dir.config.exists():  # the analysis reads runs by it
+            prepare_run_dir(p.dir_config, p.run_dir)
+            print(f"{p.run_dir.path.name}: DONE, its config.yaml was missing: written again from the grid")
     to_submit = [p for p in planned if p.state == "SUBMIT"]
     if local:
         jobs = _submit_local(grid_dir, to_submit, profile, max_parallel, submission)

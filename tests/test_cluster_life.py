@@ -738,6 +738,19 @@ def test_a_damaged_manifest_is_refused_before_anything_is_submitted(lexicon, tmp
     assert sorted(p.name for p in (root / "torn").iterdir()) == ["manifest.json"]
 
 
+def test_a_done_run_without_its_config_yaml_gets_it_back_at_the_next_submission(lexicon, tmp_path):
+    """The analysis left such a run out, and only --force (a retraining) brought it back (a fresh-user finding)."""
+    grid = _grid(tmp_path, lexicon, "noconfig")
+    root = tmp_path / "root"
+    run_id, run_dir = _done_run(grid, root)
+    written = (run_dir / "config.yaml").read_bytes()
+    (run_dir / "config.yaml").unlink()
+    proc = _submit_cmd(str(grid), "--root", str(root), "--executor", "local")
+    assert proc.returncode == 0 and "submitted 0 runs" in proc.stdout, proc.stdout + proc.stderr
+    assert f"{run_id}: DONE, its config.yaml was missing: written again from the grid" in proc.stdout
+    assert (run_dir / "config.yaml").read_bytes() == written
+
+
 def test_case20_the_dry_run_plan_says_what_it_decided(lexicon, tmp_path):
     """A 4320-minute request on a 2880-minute profile is cut *and said so*; attempts, the requeue
     policy, memory against the profile's GPU (with a warning when it does not fit) and the
