@@ -268,6 +268,9 @@ class SelectedRun:
     run_dir: Path
     entry: dict[str, Any] | None  # the run's latest job in the manifest; None: never submitted
     submissions: list[int]
+    steps: int | None = None
+    """Steps the grid's config trains in all (train.steps + finetune_steps); None when the grid
+    no longer expands to it."""
 
     @property
     def submitted(self) -> bool:
@@ -336,16 +339,17 @@ def select(grid_file: str | os.PathLike, root: str | os.PathLike, overrides: Seq
     chosen: dict[str, SelectedRun] = {}
     notes: list[str] = []
 
-    def add(run_id: str) -> None:
+    def add(run_id: str, steps: int | None = None) -> None:
         if run_id not in chosen:
             run_dir = current.run_dir(run_id)
             entry = latest.get(os.path.realpath(run_dir), current.runs.get(run_id))
-            chosen[run_id] = SelectedRun(run_id, run_dir, entry, current.submissions_of(run_id))
+            chosen[run_id] = SelectedRun(run_id, run_dir, entry, current.submissions_of(run_id), steps)
 
     def add_config(cfg) -> None:
         """A run of the expansion under the id it was recorded or made with (a folder named by
         the hash rule before cadence left it keeps its name: run_config.find_run_dir)."""
-        add(cfg.run_id if cfg.run_id in current.runs else find_run_dir(current.grid_dir, cfg).name)
+        add(cfg.run_id if cfg.run_id in current.runs else find_run_dir(current.grid_dir, cfg).name,
+            cfg.train.steps + cfg.train.finetune_steps)
 
     if overrides or only:
         for cfg in load_grid(grid_file, only, overrides).runs:

@@ -216,7 +216,8 @@ def selected_rows(selection: Selection) -> list[dict]:
         if run_dir.path.is_symlink() and not run_dir.path.exists():
             state, note = MISSING, (f"{run.run_id}: shared with another grid through a link to "
                                     f"{os.readlink(run_dir.path)}, which was deleted; slurm.submit trains it afresh here")
-        rows.append(run_row(run.run_id, run_dir, state, status, job=job_id or "-", note=note, submission=submission))
+        rows.append(run_row(run.run_id, run_dir, state, status, job=job_id or "-", note=note, submission=submission,
+                            steps=total_steps(run_dir) or run.steps))
     return rows
 
 

@@ -353,6 +353,8 @@ def test_status_without_slurm_follows_the_manifest(tmp_path):
     table = status(grid, root)
     assert "submission #1" in table and "(--set train.steps=6 --only model.num_layers=1, 2 runs)" in table
     assert "4 runs: 2 DONE, 2 not submitted" in table
+    for run_id in others:  # the steps its grid config trains ("0/?" before: a fresh-user finding)
+        assert re.search(rf"^{run_id} +not submitted +- +0/6 ", table, re.M), table
     assert "cancelled 0 of 2 runs shown" in status(grid, root, "--cancel", *flags)
 
 
