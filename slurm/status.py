@@ -169,8 +169,8 @@ def attempt_progress(run_dir: RunDir, status: dict, shown: int = 6) -> str:
     for a in read_attempts(run_dir.path):
         start = a["start"] if a["start"] is not None else 0
         end = a["end"]
-        running = end is None
-        if running:
+        running = end is None and status.get("state") not in ("DONE", "FAILED")  # its end line comes a moment later
+        if end is None:
             end = int(status.get("step") or start)
         text = f"+{end - start}" + ("…" if running else "")
         parts.append(text + (" stalled" if a["outcome"] == "stalled" else ""))

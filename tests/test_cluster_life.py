@@ -651,6 +651,8 @@ def test_case07_status_shows_each_attempt_s_progress(tmp_path):
     with open(run.path / "attempts.jsonl", "ab") as f:
         f.write(b'{"attempt": 3, "ev\xff')  # a torn, damaged line
     assert attempt_progress(run, {"step": 1710}) == "+1200 +300 +210…"
+    # DONE before the job writes the attempt's end line: not shown as still running (a fresh-user finding)
+    assert attempt_progress(run, {"step": 1710, "state": "DONE"}) == "+1200 +300 +210"
 
 
 def test_a_run_a_signal_stopped_without_a_requeue_shows_stopped_not_failed_or_lost(lexicon, tmp_path):
