@@ -39,7 +39,7 @@ from experiments.manifest import (FILENAME, TIME_FORMAT, Manifest, Submission, _
                                   new_submission, record_jobs)
 from model.errors import UserError
 
-__all__ = ["LIVE_SLURM_STATES", "LiveJob", "Manifest", "Submission", "annotate", "live_in_other_grids", "live_dirs",
+__all__ = ["HELD", "LIVE_SLURM_STATES", "LiveJob", "Manifest", "Submission", "annotate", "live_in_other_grids", "live_dirs",
            "live_runs", "load", "load_manifest", "new_submission", "own_live_runs", "process_identity", "record_jobs",
            "slurm_jobs", "slurm_states"]
 
@@ -52,21 +52,28 @@ def load(grid_dir: Path) -> dict[str, dict[str, Any]]:
     return load_manifest(grid_dir).runs
 
 
-def slurm_jobs(job_ids: list[str]) -> dict[str, tuple[str, str]]:
-    """Job id -> (state, batch script path) for the jobs squeue still knows (arrays expanded); {} without SLURM."""
+def slurm_jobs(job_ids: list[str]) -> dict[str, tuple[str, str, str]]:
+    """Job id -> (state, reason, batch script path) for the jobs squeue still knows (arrays
+    expanded); {} without SLURM."""
     if not job_ids or shutil.which("squeue") is None:
         return {}
-    proc = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T|%o", "-j", ",".join(sorted(set(job_ids)))],
+    proc = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T|%r|%o", "-j", ",".join(sorted(set(job_ids)))],
                           capture_output=True, text=True)
     if proc.returncode != 0:  # every id unknown: squeue exits 1 with "Invalid job id"
         return {}
-    rows = (line.split("|", 2) for line in proc.stdout.splitlines() if line.count("|") >= 2)
-    return {job: (state, command) for job, state, command in rows}
+    rows = (line.split("|", 3) for line in proc.stdout.splitlines() if line.count("|") >= 3)
+    return {job: (state, reason, command) for job, state, reason, command in rows}
+
+
+HELD = "HELD"
+"""A pending job held by its user or an admin (`scontrol hold`, `requeuehold`): it starts only once released."""
 
 
 def slurm_states(job_ids: list[str]) -> dict[str, str]:
-    """Job id -> state for the jobs squeue still knows (arrays expanded); {} without SLURM."""
-    return {job: state for job, (state, _) in slurm_jobs(job_ids).items()}
+    """Job id -> state for the jobs squeue still knows (arrays expanded), HELD for a held pending
+    job; {} without SLURM."""
+    return {job: HELD if state == "PENDING" and reason.startswith("JobHeld") else state
+            for job, (state, reason, _) in slurm_jobs(job_ids).items()}
 
 
 def _grid_owns(command: str, grid_dir: Path) -> bool:
@@ -118,7 +125,7 @@ def own_live_runs(grid_dir: Path) -> dict[str, str]:
     jobs = slurm_jobs([v["job_id"] for v in slurm.values()])
     live = {}
     for run_id, entry in slurm.items():
-        state, command = jobs.get(entry["job_id"], (None, ""))
+        state, _, command = jobs.get(entry["job_id"], (None, "", ""))
         if state in LIVE_SLURM_STATES and _grid_owns(command, grid_dir):
             live[run_id] = entry["job_id"]
     live.update({k: v["job_id"] for k, v in entries.items()

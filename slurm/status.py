@@ -13,7 +13,7 @@ works without accounting; such a job is then shown as LOST once squeue forgets i
 A run the job stopped for lack of progress shows STALLED (resubmit to continue), a
 run cancelled by `--cancel` CANCELLED, one a signal stopped at a checkpoint without a
 requeue (`scancel --signal=TERM`) STOPPED (resubmit to continue; SLURM's accounting says
-FAILED, as the job raised). A run whose directory a process outside the grid's jobs
+FAILED, as the job raised), one whose job is held (`scontrol hold`, `requeuehold`) HELD. A run whose directory a process outside the grid's jobs
 holds (its owner lock: a `train.py` started by hand, say) shows RUNNING, the note naming
 that process. Beside it: the step reached of the steps the run
 trains, the last train record's bpc (ppl for word-level data) and tokens/s, the attempts.
@@ -208,6 +208,8 @@ def selected_rows(selection: Selection) -> list[dict]:
         grid = run.entry.get("grid") if run.entry else None
         if grid not in (None, selection.grid_name):  # a shared run another grid resubmitted since
             submission, note = "other", f"{run.run_id}: job {job_id} is submission #{run.entry.get('submission')} of grid {grid}"
+        if state == manifest.HELD:
+            note = f"{run.run_id}: job {job_id} is held: it starts once released (scontrol release {job_id})"
         if state == STOPPED:
             note = (f"{run.run_id}: {signal_stop} at its checkpoint of step {checkpointed_step(run_dir.path)}, "
                     "and its job ended without a requeue; resubmitting resumes it")

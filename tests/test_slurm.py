@@ -586,6 +586,32 @@ def test_case03_a_slurm_job_id_that_is_not_the_grid_s_is_not_its_run_s(corpus, t
         subprocess.run(["scancel", other])
 
 
+def test_a_held_job_shows_held_with_the_way_to_release_it(corpus, tmp_path):
+    """`scontrol hold` / `requeuehold`: the run showed plain PENDING, though its job never starts
+    unless released (a fresh-user finding)."""
+    require_slurm()
+    from experiments import manifest as record
+    from experiments.run_dir import RunDir
+
+    grid = write_grid(tmp_path, corpus, "held", {})
+    root = tmp_path / "root"
+    (run_dir,) = load_grid(grid).run_dirs(root)
+    RunDir(run_dir).write_status("PENDING", stage="submitted")
+    script = root / "held" / ".submitit" / "held.sh"  # where submitit writes the grid's batch scripts
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\nsleep 60\n")
+    job = subprocess.run(["sbatch", "--parsable", "--hold", "-o", "/dev/null", str(script)],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        record.record_jobs(root / "held", record.new_submission(grid, [], []), [(run_dir.name, run_dir, job, 0)],
+                           "slurm")
+        table = status(grid, root)
+        assert re.search(rf"^{run_dir.name} +HELD ", table, re.M), table
+        assert f"job {job} is held: it starts once released (scontrol release {job})" in table
+    finally:
+        subprocess.run(["scancel", job])
+
+
 def test_local_submit_into_a_pipe_returns_while_its_runs_train(corpus, tmp_path):
     """The local executor's job controllers do not hold submit's stdout/stderr: `slurm.submit ... | tail`
     returns when submit does, not when the last run ends."""
