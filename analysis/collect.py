@@ -11,6 +11,9 @@ checksums, as provenance.json recorded them or else as meta.json says now). Runs
 pool as seeds only within one config_group (analysis.aggregate); folders holding
 the same run (a `.replaced-<time>` backup, a copy in another grid) count once.
 
+`tokens_per_s` is the median over the run's logged train intervals (metrics.jsonl), or
+eval.json's last interval when the run logged none.
+
 A damaged file (bytes that are not UTF-8, NUL padding, a torn line, a JSON that is
 not an object) costs that file's facts for that run only: the run's `notes` column
 says what was unreadable, and every other run is read as usual.
@@ -22,8 +25,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
+import statistics
 import sys
 from collections import Counter
 from pathlib import Path
@@ -142,15 +147,24 @@ def _run_row(run_dir: Path) -> dict[str, Any]:
         status = {"state": "UNKNOWN"}  # damaged: do not guess PENDING
     # An evaluation is only counted for a run whose config says what was evaluated.
     result = _read_json(run_dir / "eval.json", notes) if config else None
-    metrics_note = scan_metrics(run_dir / "metrics.jsonl").note("metrics.jsonl")
-    if metrics_note:
-        notes.append(metrics_note)
+    metrics = scan_metrics(run_dir / "metrics.jsonl")
+    if metrics.note("metrics.jsonl"):
+        notes.append(metrics.note("metrics.jsonl"))
     data = _data_identity(config, provenance)
     row = {**_identity(run_dir, config), **_content_identity(config, data), **data, **_status_columns(status),
-           **_eval_columns(result, notes),
+           **_eval_columns(result, notes), **_median_speed(metrics.records),
            "git_sha": provenance.get("git_sha"), "git_dirty": provenance.get("git_dirty"), "run_dir": str(run_dir),
            "notes": "; ".join(notes) or None}
     return {**flatten(config), **row}  # the identity columns win over the config's top-level name/grid
+
+
+def _median_speed(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """{"tokens_per_s": the median over the run's logged train intervals} ({} without one): eval.json
+    holds the last interval's alone, which a moment's load on a shared machine decides."""
+    rates = [r["tokens_per_s"] for r in records if r.get("split") == "train"
+             and isinstance(r.get("tokens_per_s"), (int, float)) and math.isfinite(r["tokens_per_s"])
+             and r["tokens_per_s"] > 0]
+    return {"tokens_per_s": statistics.median(rates)} if rates else {}
 
 
 def _content_identity(config: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:

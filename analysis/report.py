@@ -2,7 +2,7 @@
 
 One row per configuration (runs equal except the seed, on the same prepared
 corpus): dev (or test) bpc/ppl over seeds, its difference to the baseline, the parameter and FLOP differences,
-tokens/s, and the distance to the entropy floor when the data has one (lexicon).
+tokens/s (the median over each run's logged train intervals), and the distance to the entropy floor when the data has one (lexicon).
 Configurations that look alike (same variant, N and depth) but differ elsewhere
 (steps, lr, ...) are separate rows, with a `config` column saying what differs.
 
