@@ -96,6 +96,10 @@ def run_training(cfg: RunConfig, run_dir: RunDir, *, restart: bool = False,
         corpus = _preflight(cfg, ctx)
         lock = _on_rank0(ctx, lambda: _take(run_dir))
         _on_rank0(ctx, lambda: check_same_run(cfg, run_dir))  # refused, the run's status stays as it was
+        if not restart and ctx.all_agree(run_dir.is_done()):
+            log.info("%s is DONE (eval.json holds its final evaluation): nothing to do; --restart trains it again",
+                     run_dir.path)
+            return 0
         if on_start is not None:
             on_start()
         verified = _on_rank0(ctx, lambda: _verify_or_leave(cfg, corpus, run_dir, lock))

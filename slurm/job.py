@@ -110,6 +110,8 @@ class TrainingJob(submitit.helpers.Checkpointable):
             self._begin(run_dir)  # a failure before the run directory was taken (data, config) is an attempt too
             self._record("end", checkpointed_step(run_dir.path), outcome=f"failed: {type(err).__name__}")
             raise
+        if getattr(self, "_attempt", None) is None:  # the run was DONE already: no attempt to record
+            return self.run_dir
         if code > 128:
             name = signal.Signals(code - 128).name
             self._record("end", checkpointed_step(run_dir.path), outcome=f"stopped by {name}")

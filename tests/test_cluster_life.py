@@ -1185,6 +1185,24 @@ def test_a_run_directory_of_another_config_is_refused_with_its_status_untouched(
     assert {name: data for name, data in after.items() if name != ".owner.lock"} == before
 
 
+def test_training_a_done_run_again_does_nothing(lexicon, tmp_path):
+    """It evaluated the final checkpoint again and counted one more attempt, each time (a fresh-user
+    finding); --restart still trains it again."""
+    from experiments.run_dir import RunDir
+    from experiments.train import run_training
+    from tests.helpers import tiny_config
+
+    config = tiny_config(tmp_path, lexicon, train={"steps": 4, "checkpoint_every": 2})
+    run = RunDir(tmp_path / "run")
+    assert run_training(load_run_config(config), run) == 0
+    files = {p.name: p.read_bytes() for p in run.path.iterdir() if p.is_file() and p.name != ".owner.lock"}
+    assert json.loads(files["status.json"])["state"] == "DONE"
+    assert run_training(load_run_config(config), run) == 0
+    assert {p.name: p.read_bytes() for p in run.path.iterdir() if p.is_file() and p.name != ".owner.lock"} == files
+    assert run_training(load_run_config(config), run, restart=True) == 0
+    assert run.read_status()["attempt"] == 2
+
+
 def test_case19_ctrl_c_checkpoints_and_stops_like_sigterm(lexicon, tmp_path):
     import signal
 
