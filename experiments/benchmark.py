@@ -200,7 +200,8 @@ def benchmark(cfg: RunConfig, device: torch.device, steps: int, warmup: int = WA
     peak = max(before, matmul_gflops(device, precision))
     tokens_per_s = cfg.train.batch_size * cfg.train.block_size / timed["seconds"]
     facts = summarize(cfg.model)
-    return {"name": cfg.name, "variant": cfg.model.variant, "attn_span": cfg.model.attn_span,
+    return {"name": cfg.name, "variant": cfg.model.variant, "num_layers": cfg.model.num_layers,
+            "d_model": cfg.model.d_model, "num_heads": cfg.model.num_heads, "attn_span": cfg.model.attn_span,
             "num_persistent": cfg.model.num_persistent, "tokens_per_s": tokens_per_s,
             "ms_per_step": 1000 * timed["seconds"], "flops_per_token": facts["flops_per_token"],
             "matmul_gflops": peak, "model_mfu": facts["flops_per_token"] * tokens_per_s / (peak * 1e9),

@@ -53,6 +53,8 @@ def test_benchmark_times_the_trainers_step_in_its_precision():
                   "device": "cpu"}})
     result = benchmark(cfg, torch.device("cpu"), steps=2, warmup=1)
     assert (result["precision"], result["attention"], result["batch_split"]) == ("bf16", "fused", 2)
+    # the geometry, so that CSV rows of different depths or widths tell apart (a fresh-user finding)
+    assert (result["num_layers"], result["d_model"], result["num_heads"]) == (1, 16, 2)
     assert result["tokens_per_s"] > 0 and 0 < result["model_mfu"] and result["matmul_gflops"] > 0
     assert result["memory_source"] == "process_peak_rss" and result["peak_memory_mb"] > 0
     torch.set_float32_matmul_precision("highest")
