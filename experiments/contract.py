@@ -83,6 +83,13 @@ def check_processes(cfg: RunConfig, world_size: int) -> None:
 
 def check_contract(cfg: RunConfig, meta: Mapping[str, Any], meta_file: Path) -> None:
     """The config against a (schema-checked) meta.json; `meta_file` names it in messages."""
+    check_model_fits_data(cfg, meta, meta_file)
+    check_split_sizes(cfg, meta, meta_file)
+
+
+def check_model_fits_data(cfg: RunConfig, meta: Mapping[str, Any], meta_file: Path) -> None:
+    """The dataset, the vocabulary size and, for the adaptive output, ids by frequency: what any
+    use of the model on this data needs (training and `experiments.evaluate` alike)."""
     if meta["dataset"] != cfg.data.dataset:
         raise ConfigError("data.dataset", f"is {cfg.data.dataset!r} but {meta_file} holds {meta['dataset']!r}")
     vocab_size = len(meta["vocab"])
@@ -95,6 +102,10 @@ def check_contract(cfg: RunConfig, meta: Mapping[str, Any], meta_file: Path) -> 
         raise ConfigError("model.output", f"adaptive needs ids sorted by decreasing frequency, but {meta_file} has "
                                           f"vocab_order {order!r}; prepare the data with --vocab-order frequency "
                                           "or use model.output: softmax")
+
+
+def check_split_sizes(cfg: RunConfig, meta: Mapping[str, Any], meta_file: Path) -> None:
+    """Each split fills the rows that training, its partial validation and the final evaluation read."""
     block = cfg.train.block_size
     needs = [("train", "train.batch_size", cfg.train.batch_size, "training"),
              ("valid", "train.batch_size", cfg.train.batch_size, "the partial validation during training"),

@@ -29,7 +29,7 @@ class EvalConfig:
     batch_size: int = 8
     """Rows of the evaluation batch (the authors use 8)."""
     splits: list[str] = field(default_factory=lambda: list(SPLITS))
-    """Splits evaluated at the end of training."""
+    """Splits evaluated at the end of training, each once."""
     max_tokens: int | None = None
     """Cap on tokens per split for quick CPU runs; null = whole split (the paper's numbers)."""
 
@@ -41,6 +41,10 @@ class EvalConfig:
         for split in self.splits:
             if split not in SPLITS:
                 raise ConfigError("splits", f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+        # a repeat would evaluate the split twice and give the run another id than the same list without it
+        repeated = sorted({split for split in self.splits if self.splits.count(split) > 1})
+        if repeated:
+            raise ConfigError("splits", f"lists {', '.join(repeated)} more than once; name each split once")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ConfigError("max_tokens", f"must be >= 1 or null, got {self.max_tokens}")
 

@@ -46,6 +46,7 @@ from experiments.config import read_yaml_file
 from experiments.distributed import DistContext, resolve_device
 from experiments.run_config import RunConfig, run_config_from_dict
 from experiments.run_dir import PROJECT_ROOT
+from experiments.train_config import MAX_THREADS, threads_flag
 from experiments.train_state import TrainState
 from experiments.train_step import TrainStep, apply_precision
 from model import build_model
@@ -254,7 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also append the JSON lines to this file")
     parser.add_argument("--steps", type=at_least(1), help="bf16 training updates per variant (default 50; 3 with --small)")
     parser.add_argument("--batch", type=at_least(1), default=4, help="rows of the enwik8-small throughput step (default 4)")
-    parser.add_argument("--threads", type=at_least(0), default=0, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=threads_flag, default=0,
+                        help=f"torch CPU threads, at most {MAX_THREADS} (default: torch's choice)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

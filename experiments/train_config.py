@@ -1,13 +1,20 @@
 """The `train:` section of a run config: steps, batching, stages, precision, checkpoint and log cadence."""
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from typing import Any
 
+from experiments.cli import at_least
 from model.errors import ConfigError
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 """train.precision choices (experiments/train_step.py applies them)."""
+MAX_THREADS = 4096
+"""Most torch CPU threads a run (or `evaluate --threads`) may ask for. torch.set_num_threads takes a
+C int (2^31 and up is a ValueError 'Overflow when unpacking long') and accepts 2^31 - 1, which
+then tries to start that many threads; the largest CPU nodes have a few hundred hardware threads,
+so 4096 refuses only mistakes."""
 
 
 @dataclass
@@ -46,7 +53,7 @@ class TrainConfig:
     """Train through torch.compile(model): the same math (not part of the run id); the first
     steps pay the compilation."""
     threads: int = 0
-    """torch intra-op threads on CPU; 0 keeps torch's default."""
+    """torch intra-op threads on CPU; 0 keeps torch's default; at most MAX_THREADS."""
     checkpoint_caches: str = "exact"
     """'exact': every checkpoint holds each rank's layer caches, so a run resumed on the same layout
     ends bit-identical to an uninterrupted one; 'none': checkpoints hold the model, optimizer and
@@ -60,6 +67,8 @@ class TrainConfig:
         for name in ("seed", "finetune_steps", "threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, f"must be >= 0, got {getattr(self, name)}")
+        if self.threads > MAX_THREADS:
+            raise ConfigError("threads", threads_problem(self.threads))
         if self.batch_size % self.batch_split:
             raise ConfigError("batch_split", f"{self.batch_split} does not divide batch_size={self.batch_size}")
         if not 0.0 < self.finetune_lr_scale <= 1.0:
@@ -103,3 +112,17 @@ class TrainConfig:
     def stages(self) -> list[tuple[str, int, float]]:
         """(name, last global step of the stage, lr scale) for each training stage."""
         return [("train", self.steps, 1.0), ("finetune", self.steps + self.finetune_steps, self.finetune_lr_scale)]
+
+
+def threads_flag(text: str) -> int:
+    """argparse `type` of a --threads flag: 0 (torch's choice) to MAX_THREADS, as train.threads."""
+    value = at_least(0)(text)
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(threads_problem(value))
+    return value
+
+
+def threads_problem(threads: int) -> str:
+    """Why `threads` (> MAX_THREADS) is refused: shared by train.threads and evaluate's --threads."""
+    return (f"must be <= {MAX_THREADS} (torch CPU threads; more than any machine has cores), got {threads}; "
+            "0 keeps torch's default")

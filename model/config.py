@@ -28,6 +28,14 @@ every next token is certain, so there is nothing to learn."""
 MAX_SIZE = 2**30
 """Largest size field: every weight spans at most two of them, so its size in bytes stays within
 int64 (beyond it, building the model fails with an overflow, even on the meta device)."""
+MAX_LAYERS = 1024
+"""Most layers a model may have. Each layer is its own Python module, built one by one even on the
+meta device (summary, the memory check): 20,000 layers took 48 s and 0.9 GB before anything ran,
+and 10^6 never finished. The paper's deepest model has 36 layers, so 1024 refuses only mistakes."""
+MAX_CUTOFFS = 32
+"""Most adaptive_cutoffs (tail clusters): each cluster is its own table, projection and bias
+(Python objects, built one by one), and a div_value near 1 does not narrow them away. The paper's
+WikiText-103 model has 3, so 32 refuses only mistakes."""
 
 
 @dataclass
@@ -68,7 +76,7 @@ class ModelConfig:
     vocab_size: int
     """Number of token ids V; must equal the prepared data's vocabulary."""
     num_layers: int
-    """Number of layers."""
+    """Number of layers, at most MAX_LAYERS."""
     d_model: int
     """Model width d."""
     num_heads: int
@@ -89,7 +97,8 @@ class ModelConfig:
     output: str = "softmax"
     """'softmax': full linear + log-softmax (characters); 'adaptive': tied adaptive input/softmax (words)."""
     adaptive_cutoffs: list[int] = field(default_factory=list)
-    """Cluster boundaries of the adaptive softmax (WikiText-103: [20000, 40000, 200000])."""
+    """Cluster boundaries of the adaptive softmax (WikiText-103: [20000, 40000, 200000]): strictly
+    increasing (so no duplicate), at most MAX_CUTOFFS."""
     adaptive_div_value: float | None = None
     """Each adaptive cluster's width is d / div_value**i (WikiText-103: 4)."""
     attention: str = "auto"
@@ -126,9 +135,12 @@ class ModelConfig:
                 raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}")
         if self.vocab_size < MIN_VOCAB:
             raise ConfigError("vocab_size", f"must be >= {MIN_VOCAB}, got {self.vocab_size}")
-        for name in ("vocab_size", "num_layers", "d_model", "num_heads", "attn_span", "num_persistent", "ffn_size"):
+        for name in ("vocab_size", "d_model", "num_heads", "attn_span", "num_persistent", "ffn_size"):
             if (getattr(self, name) or 0) > MAX_SIZE:
                 raise ConfigError(name, f"must be <= {MAX_SIZE} (a tensor dimension), got {getattr(self, name)}")
+        if self.num_layers > MAX_LAYERS:
+            raise ConfigError("num_layers", f"must be <= {MAX_LAYERS} (each layer is built as its own module; "
+                                            f"the paper's deepest model has 36), got {self.num_layers}")
         if self.d_model % self.num_heads:
             raise ConfigError("num_heads", f"{self.num_heads} does not divide d_model={self.d_model}")
         for name in ("dropout", "emb_dropout"):
@@ -166,6 +178,9 @@ class ModelConfig:
         cutoffs = self.adaptive_cutoffs
         if not cutoffs:
             raise ConfigError("adaptive_cutoffs", "must list at least one cutoff with output: adaptive")
+        if len(cutoffs) > MAX_CUTOFFS:
+            raise ConfigError("adaptive_cutoffs", f"must list at most {MAX_CUTOFFS} cutoffs (each is a cluster built "
+                                                  f"as its own tensors; the paper uses 3), got {len(cutoffs)}")
         if any(b <= a for a, b in zip(cutoffs, cutoffs[1:])) or cutoffs[0] < 1 or cutoffs[-1] >= self.vocab_size:
             raise ConfigError("adaptive_cutoffs", f"must increase strictly within (0, vocab_size={self.vocab_size}), got {cutoffs}")
         if self.adaptive_div_value is None or self.adaptive_div_value < 1.0:

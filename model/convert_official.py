@@ -283,7 +283,8 @@ def read_model_state(path: Path, hint: str = "") -> dict[str, Tensor]:
 
 
 def read_checkpoint(path: Path, hint: str = "") -> dict:
-    """A whole {"model": state dict, ...} file (weights_only=True); one-line UserError otherwise."""
+    """A whole {"model": state dict, ...} file (weights_only=True); one short UserError line
+    otherwise (missing, empty, not a PyTorch checkpoint, or no 'model' state dict)."""
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
@@ -291,9 +292,8 @@ def read_checkpoint(path: Path, hint: str = "") -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the user's to fix
-        # torch's own words are often bare ('101', '[Errno 22] Invalid argument'): say what it means
-        detail = (str(err).splitlines() or [""])[0] or type(err).__name__
-        raise UserError(f"cannot read {path}: not a PyTorch checkpoint, or a truncated one ({detail})") from None
+        raise UserError(f"cannot read {path}: not a PyTorch checkpoint, or a truncated one "
+                        f"({load_error_detail(err)})") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict):
         raise UserError(f"{path} has no 'model' state dict{hint}")
     return payload
@@ -301,3 +301,29 @@ def read_checkpoint(path: Path, hint: str = "") -> dict:
 
 def read_their_checkpoint(path: Path) -> dict[str, Tensor]:
     return read_model_state(path, " (is it a checkpoint of the authors' code?)")
+
+
+WEIGHTS_ONLY_MARK = "WeightsUnpickler error:"
+"""Where torch's weights_only refusal says what it refused, after a paragraph about the
+weights_only default (advice to load with weights_only=False, which runs the file's code)."""
+MAX_DETAIL = 160
+"""Characters of torch's words kept in a one-line error."""
+
+
+def load_error_detail(err: Exception) -> str:
+    """torch.load's reason in a few words: for a weights_only refusal (any file that is not a
+    checkpoint, e.g. a YAML, lands there) the refusal itself ('Unsupported operand 100'), not
+    the paragraph around it; otherwise the first sentence. At most MAX_DETAIL characters."""
+    text = str(err)
+    if WEIGHTS_ONLY_MARK in text:
+        text = text.split(WEIGHTS_ONLY_MARK, 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    detail = lines[0].split(". ")[0].rstrip(".") if lines else type(err).__name__  # its first sentence
+    # torch's own words are often bare ('101', '[Errno 22] Invalid argument'): the caller says what it means
+    return detail if len(detail) <= MAX_DETAIL else detail[:MAX_DETAIL - 3] + "..."
+
+
+if __name__ == "__main__":  # a library module; naming the command needs no import of experiments/ (model/ is below it)
+    raise SystemExit("error: model.convert_official is the key mapping only, not a command; convert with "
+                     "python -m experiments.convert AUTHORS.pt --config CONFIG.yaml --out OURS.pt "
+                     "(or --to-authors OURS --config CONFIG.yaml --out THEIRS.pt)")

@@ -72,3 +72,7 @@ def summarize(cfg: ModelConfig, batch_size: int | None = None, block_size: int |
         facts["activation_bytes"] = activation_bytes(cfg, batch_size, block_size, attention)
     return facts
 
+
+if __name__ == "__main__":  # a library module; naming the command needs no import of experiments/ (model/ is below it)
+    raise SystemExit("error: model.summary is a library, not a command; the summary of a run config is "
+                     "python -m experiments.summary CONFIG.yaml [--json] [--set key=value ...]")

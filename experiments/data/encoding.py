@@ -175,7 +175,22 @@ def order_name(by_frequency: bool) -> str:
     return "frequency" if by_frequency else "appearance"
 
 
-def char_corpus(texts: Mapping[str, bytes], by_frequency: bool, extra: dict[str, Any]) -> Prepared:
+def refuse_empty_split(split: str, tokens: int, where: str = "") -> None:
+    """Raises UserError if a split has no tokens, in the same words at every level and for every
+    corpus: checked before the vocabulary, whose own complaints (no <eos>, too few symbols) would
+    hide the cause. `where` names the split's source (a file) in the message."""
+    if tokens == 0:
+        prefix = f"{where}: " if where else ""
+        raise UserError(f"{prefix}the {split} split is empty (0 tokens); "
+                        f"a corpus needs text in each of {', '.join(SPLITS)}")
+
+
+def char_corpus(texts: Mapping[str, bytes], by_frequency: bool, extra: dict[str, Any],
+                labels: Mapping[str, str] | None = None) -> Prepared:
+    """A byte-level corpus of each split's raw bytes; `labels` name their sources in messages.
+    Raises UserError for an empty split (refuse_empty_split)."""
+    for split in SPLITS:
+        refuse_empty_split(split, len(texts[split]), (labels or {}).get(split, ""))
     vocab = order_vocab([byte_counts(texts[split]) for split in SPLITS], by_frequency)
     ids = {split: encode_bytes(texts[split], vocab, split) for split in SPLITS}
     return Prepared("char", vocab, order_name(by_frequency), CHAR_RULE, ids, extra)
@@ -183,8 +198,12 @@ def char_corpus(texts: Mapping[str, bytes], by_frequency: bool, extra: dict[str,
 
 def word_corpus(sources: Mapping[str, SplitSource], by_frequency: bool, extra: dict[str, Any],
                 authors_ties: bool = False) -> Prepared:
+    """A word-level corpus of each split's lines. Raises UserError for an empty split (refuse_empty_split),
+    a file that is not UTF-8, or a word missing from the vocabulary."""
     # Two passes (count, then encode) so that prepare encodes with the very function encode_text uses.
     counts = [word_counts(read_lines(sources[split].open, sources[split].label)) for split in SPLITS]
+    for split, split_counts in zip(SPLITS, counts):
+        refuse_empty_split(split, sum(split_counts.values()), sources[split].label)  # each line has an <eos>
     vocab = order_vocab(counts, by_frequency, authors_ties)
     ids = {split: encode_lines(read_lines(sources[split].open, sources[split].label), vocab, sources[split].label)
            for split in SPLITS}

@@ -19,7 +19,7 @@ import numpy as np
 
 from experiments.atomic import atomic_write, atomic_write_json
 from experiments.data.corpus import is_prepared
-from experiments.data.encoding import Prepared
+from experiments.data.encoding import Prepared, refuse_empty_split
 from experiments.data.format import EOS, FORMAT_VERSION, META, MIN_VOCAB, SPLITS, dtype_name, numpy_dtype
 from model.errors import UserError
 
@@ -29,8 +29,7 @@ def write_prepared(directory: Path, dataset: str, prepared: Prepared) -> dict[st
     dtype = numpy_dtype(dtype_name(len(prepared.vocab)))
     digests = {}
     for split in SPLITS:
-        if not len(prepared.ids[split]):
-            raise UserError(f"the {split} split of {dataset} is empty")
+        refuse_empty_split(split, len(prepared.ids[split]), dataset)  # for a preparer that builds ids itself
         raw = memoryview(np.ascontiguousarray(prepared.ids[split], dtype=dtype).view(np.uint8))
         atomic_write(directory / f"{split}.bin", lambda f, raw=raw: f.write(raw))
         digests[f"{split}.bin"] = hashlib.sha256(raw).hexdigest()

@@ -37,7 +37,8 @@ def prepare(args: argparse.Namespace, work: Path) -> Prepared:
         split: {"file": f.name, "bytes": f.stat().st_size, "sha256": sha256_file(f)} for split, f in files.items()}}
     by_frequency = args.vocab_order == "frequency"
     if args.level == "char":
-        return char_corpus({split: read_file(f) for split, f in files.items()}, by_frequency, {"source": record})
+        return char_corpus({split: read_file(f) for split, f in files.items()}, by_frequency, {"source": record},
+                           labels={split: str(f) for split, f in files.items()})
     sources = {split: SplitSource(str(f), partial(open, f, "rb")) for split, f in files.items()}
     return word_corpus(sources, by_frequency, {"source": record})
 
