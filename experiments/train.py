@@ -84,9 +84,11 @@ def run_training(cfg: RunConfig, run_dir: RunDir, *, restart: bool = False,
     every rank once the run directory is this trainer's (slurm/job.py records the attempt there).
 
     Bad input found before the start (data contract, checksums, another trainer on the run
-    directory, another run's config in it) raises UserError with nothing written. Any error after start-up marks the run
-    FAILED in status.json (with the error tail that `slurm.status --tail` shows) and is said in
-    one line on stderr; a full disk is that one line alone ("no space left on ... while writing ...").
+    directory, another run's config in it) raises UserError with nothing written. A DONE run
+    (eval.json readable) is left as it is, unless `restart`. Any error after start-up marks the
+    run FAILED in status.json (with the error tail that `slurm.status --tail` shows) and is said
+    in one line on stderr; a full disk is that one line alone ("no space left on ... while
+    writing ...").
     """
     ctx = init_distributed(cfg.train.device)
     setup_logging(ctx.rank)

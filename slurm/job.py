@@ -37,11 +37,14 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import submitit
 
 from experiments import strict_json
+
+if TYPE_CHECKING:  # imported in the job's call, not at unpickling (TrainingJob._train)
+    from experiments.run_dir import RunDir
 
 ATTEMPTS_FILE = "attempts.jsonl"
 MAX_NUM_TIMEOUT = 1_000_000
@@ -123,7 +126,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
             raise RunFailed(f"run {run_dir.path.name} exited with status {code}: {run_dir.read_status().get('error')}")
         return self.run_dir
 
-    def _begin(self, run_dir: Any) -> None:
+    def _begin(self, run_dir: RunDir) -> None:
         """Record this attempt's start, once: called when the trainer has taken the run directory."""
         if getattr(self, "_attempt", None) is None:
             self._start_step = checkpointed_step(run_dir.path)
