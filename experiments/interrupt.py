@@ -29,6 +29,20 @@ keeps ignoring it, as shells leave background jobs: slurm.submit starts its loca
 and a Ctrl-C meant for the submitting command must not stop them."""
 
 _REQUEUE_EXTRA: list[int] = []
+_HELD: list[int] = []
+"""SIGTERMs received between `hold_sigterm_until_training` and the next InterruptFlag entered."""
+
+
+def hold_sigterm_until_training() -> None:
+    """Record SIGTERM until an InterruptFlag is entered, which then acts on it (checkpoint after
+    the first update, then stop). A SLURM job's start-up (imports, data checks, the model, the
+    checkpoint) takes seconds to minutes, and submitit's own handler ignores SIGTERM: a stop or a
+    preemption notice sent then was lost, and the run trained on into the SIGKILL."""
+    signal.signal(signal.SIGTERM, _hold)
+
+
+def _hold(signum: int, frame: FrameType | None) -> None:
+    _HELD.append(signum)
 
 
 def register_requeue_signal(signum: int) -> None:
@@ -75,6 +89,9 @@ class InterruptFlag:
             if signum == signal.SIGINT and signal.getsignal(signum) is signal.SIG_IGN:
                 continue  # started with Ctrl-C ignored (slurm.submit's local runs, `cmd &`): it stays ignored
             self._previous[signum] = signal.signal(signum, self._record)
+        if _HELD:  # received during start-up (hold_sigterm_until_training)
+            self.signum = _HELD[-1]
+            _HELD.clear()
         return self
 
     def __exit__(self, *exc: object) -> None:

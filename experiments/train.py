@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence, TypeVar
 import torch
 
 from experiments.atomic import atomic_write_json, atomic_write_text, os_error_in
-from experiments.checkpoint import CheckpointIncomplete
+from experiments.checkpoint import CheckpointIncomplete, complete_checkpoints
 from experiments.cli import ArgumentParser, folder, run_cli
 from experiments.contract import check_run
 from experiments.data import Corpus, load_corpus
@@ -38,6 +38,7 @@ from experiments.resources import usable_cpus
 from experiments.run_config import RunConfig, data_path, find_run_dir, load_run_config
 from experiments.run_dir import LOCK_FILE, PROJECT_ROOT, OwnerLock, RunDir
 from experiments.tracking import check_wandb_login
+from experiments.train_checkpoint import accepted_hashes
 from experiments.train_step import NonFiniteLoss
 from experiments.trainer import Trainer
 from model.errors import ConfigError, UserError
@@ -65,11 +66,26 @@ def check_same_run(cfg: RunConfig, run_dir: RunDir) -> RunConfig | None:
     """The config run_dir holds (None when it holds none yet); UserError if it is another run's, or
     damaged. Reads only."""
     if not run_dir.config.exists():
+        _check_checkpoints_are_of(cfg, run_dir)
         return None
     existing = load_run_config(run_dir.config)
     if existing.config_hash != cfg.config_hash:
         raise UserError(f"{run_dir.path} holds a different config ({existing.run_id}); choose another --run-dir")
     return existing
+
+
+def _check_checkpoints_are_of(cfg: RunConfig, run_dir: RunDir) -> None:
+    """Without config.yaml, the newest checkpoint's config hash says whose run the directory holds:
+    UserError for another config's, before this config's config.yaml is written over it."""
+    newest = complete_checkpoints(run_dir.checkpoints)[:1] if run_dir.checkpoints.is_dir() else []
+    try:
+        shared = torch.load(newest[0] / "shared.pt", map_location="cpu", weights_only=True, mmap=True) if newest else {}
+    except Exception:  # noqa: BLE001 - unreadable: the trainer's restore says so, in its own words
+        return
+    trained = shared.get("config_hash") if isinstance(shared, dict) else None
+    if isinstance(trained, str) and trained not in accepted_hashes(cfg, run_dir):
+        raise UserError(f"{run_dir.path} has no config.yaml and its checkpoints belong to another config; "
+                        "choose another --run-dir")
 
 
 def setup_logging(rank: int) -> None:
@@ -98,7 +114,8 @@ def run_training(cfg: RunConfig, run_dir: RunDir, *, restart: bool = False,
         corpus = _preflight(cfg, ctx)
         lock = _on_rank0(ctx, lambda: _take(run_dir))
         _on_rank0(ctx, lambda: check_same_run(cfg, run_dir))  # refused, the run's status stays as it was
-        if not restart and ctx.all_agree(run_dir.is_done()):
+        # DONE, and of this config: check_same_run cannot vouch for a run whose config.yaml is gone
+        if not restart and ctx.all_agree(run_dir.config.exists() and run_dir.is_done()):
             log.info("%s is DONE (eval.json holds its final evaluation): nothing to do; --restart trains it again",
                      run_dir.path)
             return 0

@@ -156,8 +156,11 @@ class TrainingJob(submitit.helpers.Checkpointable):
             TrainingJob(self.run_dir, getattr(self, "stop_signals", ()), stalled, max_stalled))
 
     def _trap_stop_signals(self) -> None:
-        """Route every time-limit signal to submitit's requeue handler, through the trainer's checkpoint."""
-        from experiments.interrupt import register_requeue_signal
+        """Route every time-limit signal to submitit's requeue handler, through the trainer's checkpoint;
+        a SIGTERM before the trainer is ready waits for it (hold_sigterm_until_training)."""
+        from experiments.interrupt import hold_sigterm_until_training, register_requeue_signal
+
+        hold_sigterm_until_training()
 
         usr = submitit.JobEnvironment._usr_sig()  # the signal submitit's handler is installed on here
         requeue = signal.getsignal(usr)

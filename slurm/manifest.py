@@ -69,10 +69,16 @@ HELD = "HELD"
 """A pending job held by its user or an admin (`scontrol hold`, `requeuehold`): it starts only once released."""
 
 
+def _held(reason: str) -> bool:
+    """squeue's reason for a held job: JobHeldUser, JobHeldAdmin (`scontrol hold`), or "job requeued in
+    held state" (`scontrol requeuehold`)."""
+    return reason.startswith("JobHeld") or "held state" in reason
+
+
 def slurm_states(job_ids: list[str]) -> dict[str, str]:
     """Job id -> state for the jobs squeue still knows (arrays expanded), HELD for a held pending
     job; {} without SLURM."""
-    return {job: HELD if state == "PENDING" and reason.startswith("JobHeld") else state
+    return {job: HELD if state == "PENDING" and _held(reason) else state
             for job, (state, reason, _) in slurm_jobs(job_ids).items()}
 
 

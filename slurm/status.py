@@ -76,7 +76,7 @@ def run_state(status: dict, job_id: str | None, live: bool, queued: str | None, 
         return "STALLED"
     if cancelled:  # the trainer wrote PENDING on its way out; the job was cancelled, not lost
         return "CANCELLED"
-    if stopped and state == "PENDING":  # a signal without a requeue (scancel --signal=TERM): nothing failed
+    if stopped and state == "PENDING" and final != "CANCELLED":  # scancel --signal=TERM: nothing failed
         return STOPPED
     return final if final in TERMINAL_SACCT else "LOST"
 
@@ -157,19 +157,21 @@ def run_row(run_id: str, run_dir: RunDir, state: str, status: dict, **fields: ob
            "stage": status.get("stage") or "-", "step": status.get("step", 0),
            "steps": total_steps(run_dir) if exists else None, "metric": format_metric(train),
            "tokens_per_s": format_rate(train), "attempts": status.get("attempt", 0), "job": "-",
-           "progress": attempt_progress(run_dir, status) if exists else "-", "submission": "-",
+           "progress": attempt_progress(run_dir, status, state) if exists else "-", "submission": "-",
            "run_dir": run_dir, "error": status.get("error")}
     row.update(fields)
     return row
 
 
-def attempt_progress(run_dir: RunDir, status: dict, shown: int = 6) -> str:
-    """Steps added by each attempt, e.g. '+1200 +1200 +0 +310…' (the last still running)."""
+def attempt_progress(run_dir: RunDir, status: dict, state: str, shown: int = 6) -> str:
+    """Steps added by each attempt, e.g. '+1200 +1200 +0 +310…' (the last still running). `state` is
+    the one shown: an attempt without its end line runs only while the run shows RUNNING (a DONE run's
+    end line comes a moment later; a killed one has none)."""
     parts = []
     for a in read_attempts(run_dir.path):
         start = a["start"] if a["start"] is not None else 0
         end = a["end"]
-        running = end is None and status.get("state") not in ("DONE", "FAILED")  # its end line comes a moment later
+        running = end is None and state == "RUNNING"
         if end is None:
             end = int(status.get("step") or start)
         text = f"+{end - start}" + ("…" if running else "")
@@ -202,7 +204,9 @@ def selected_rows(selection: Selection) -> list[dict]:
         if job_id is None and state == "PENDING":  # no job was ever asked for: it would wait forever
             state = NOT_SUBMITTED
         note, submission = None, ",".join(f"#{n}" for n in run.submissions) or "-"
-        holder = None if run.run_id in live or state in ("DONE", "FAILED") else run_dir.holder()
+        # status.json's own state, not the one shown: the job of a run that a hand-started trainer took
+        # over fails on the busy run directory (sacct: FAILED) while that trainer trains on
+        holder = None if run.run_id in live or status.get("state") in ("DONE", "FAILED") else run_dir.holder()
         if holder is not None:  # e.g. a train.py started by hand on the grid's run directory
             state, note = "RUNNING", f"{run.run_id}: trained by a process outside this grid's jobs: {holder}"
         grid = run.entry.get("grid") if run.entry else None

@@ -634,7 +634,7 @@ def test_case07_checkpoint_requeues_on_progress_and_stops_a_stalled_run(tmp_path
     assert [(a["attempt"], a["end"], a["outcome"]) for a in read_attempts(run.path)] == [
         (1, 10, "requeued"), (2, 10, "requeued without progress (1)"), (3, 10, "requeued without progress (2)"),
         (4, 10, "stalled")]
-    assert attempt_progress(run, status) == "+6 +0 +0 +0 stalled"
+    assert attempt_progress(run, status, "STALLED") == "+6 +0 +0 +0 stalled"
 
 
 def test_case07_status_shows_each_attempt_s_progress(tmp_path):
@@ -650,9 +650,11 @@ def test_case07_status_shows_each_attempt_s_progress(tmp_path):
     record_attempt(run.path, 3, "start", 1500)
     with open(run.path / "attempts.jsonl", "ab") as f:
         f.write(b'{"attempt": 3, "ev\xff')  # a torn, damaged line
-    assert attempt_progress(run, {"step": 1710}) == "+1200 +300 +210…"
-    # DONE before the job writes the attempt's end line: not shown as still running (a fresh-user finding)
-    assert attempt_progress(run, {"step": 1710, "state": "DONE"}) == "+1200 +300 +210"
+    assert attempt_progress(run, {"step": 1710}, "RUNNING") == "+1200 +300 +210…"
+    # DONE before the job writes the attempt's end line, or FAILED by a SIGKILL (no end line): not
+    # shown as still running (fresh-user findings)
+    assert attempt_progress(run, {"step": 1710, "state": "DONE"}, "DONE") == "+1200 +300 +210"
+    assert attempt_progress(run, {"step": 1710, "state": "RUNNING"}, "FAILED") == "+1200 +300 +210"
 
 
 def test_a_run_a_signal_stopped_without_a_requeue_shows_stopped_not_failed_or_lost(lexicon, tmp_path):
@@ -682,6 +684,8 @@ def test_a_run_a_signal_stopped_without_a_requeue_shows_stopped_not_failed_or_lo
     status = run.read_status()
     assert run_state(status, "12", live=False, queued=None, final="FAILED", stopped=True) == "STOPPED"
     assert run_state(status, "12", live=True, queued=None, final=None, stopped=True) == "RUNNING"
+    # a plain scancel also reaches the trainer as SIGTERM: SLURM's CANCELLED says what the user did
+    assert run_state(status, "12", live=False, queued=None, final="CANCELLED", stopped=True) == "CANCELLED"
 
 
 def test_case12_local_executor_runs_max_parallel_at_a_time(lexicon, tmp_path):
@@ -1145,6 +1149,35 @@ def test_case02_a_run_directory_another_process_trains_is_not_submitted_nor_touc
         lock.release()
 
 
+def test_case02_a_run_a_process_outside_its_job_trains_shows_running_whatever_its_job_became(lexicon, tmp_path,
+                                                                                                monkeypatch):
+    """Its job failed on the busy run directory (sacct: FAILED) while a hand-started trainer trained
+    on: slurm.status showed FAILED, with no word of the trainer (a fresh-user finding)."""
+    from experiments.manifest import new_submission, record_jobs
+    from slurm import status as slurm_status
+
+    grid = _grid(tmp_path, lexicon, "taken")
+    root = tmp_path / "root"
+    run_dir, lock = _held_run(grid, root)
+    record_jobs(root / "taken", new_submission(None), [(run_dir.path.name, run_dir.path, "999999991", 0)], "slurm")
+    monkeypatch.setattr(slurm_status, "sacct_states", lambda jobs: {job: "FAILED" for job in jobs})
+    try:
+        (row,) = slurm_status.status_rows(grid, root)
+    finally:
+        lock.release()
+    assert row["state"] == "RUNNING" and f"pid {os.getpid()}" in row["note"], row
+
+
+def test_held_jobs_are_told_from_their_squeue_reason(monkeypatch):
+    """`scontrol requeuehold` leaves the reason "job requeued in held state", not JobHeld...: shown
+    PENDING (a fresh-user finding)."""
+    from slurm import manifest
+
+    reasons = {"1": "JobHeldUser", "2": "JobHeldAdmin", "3": "job requeued in held state", "4": "Priority"}
+    monkeypatch.setattr(manifest, "slurm_jobs", lambda ids: {i: ("PENDING", reasons[i], "") for i in ids})
+    assert manifest.slurm_states(list(reasons)) == {"1": "HELD", "2": "HELD", "3": "HELD", "4": "PENDING"}
+
+
 def test_case02_a_job_on_a_run_directory_another_process_trains_records_nothing(lexicon, tmp_path, monkeypatch):
     """A trainer may take the run between the plan and the job's start: the job records its attempt
     only once the run directory is its own."""
@@ -1190,6 +1223,7 @@ def test_training_a_done_run_again_does_nothing(lexicon, tmp_path):
     finding); --restart still trains it again."""
     from experiments.run_dir import RunDir
     from experiments.train import run_training
+    from model.errors import UserError
     from tests.helpers import tiny_config
 
     config = tiny_config(tmp_path, lexicon, train={"steps": 4, "checkpoint_every": 2})
@@ -1201,6 +1235,36 @@ def test_training_a_done_run_again_does_nothing(lexicon, tmp_path):
     assert {p.name: p.read_bytes() for p in run.path.iterdir() if p.is_file() and p.name != ".owner.lock"} == files
     assert run_training(load_run_config(config), run, restart=True) == 0
     assert run.read_status()["attempt"] == 2
+    # without its config.yaml, nothing vouches that the DONE run is this config's: it is not skipped
+    (run.path / "config.yaml").unlink()
+    other = load_run_config(tiny_config(tmp_path, lexicon, train={"steps": 4, "checkpoint_every": 2},
+                                        model={"num_persistent": 4}))
+    status = run.status_file.read_bytes()
+    with pytest.raises(UserError, match="has no config.yaml and its checkpoints belong to another config"):
+        run_training(other, run)  # before: said "DONE, nothing to do"; with the shortcut off, wrote its config.yaml
+    assert run.status_file.read_bytes() == status and not (run.path / "config.yaml").exists()
+    assert run_training(load_run_config(config), run) == 0  # its own config: evaluated again, config.yaml back
+    assert (run.path / "config.yaml").exists() and run.read_status()["state"] == "DONE"
+
+
+def test_a_sigterm_during_a_job_s_start_up_is_acted_on_once_training_starts():
+    """submitit's handler ignores SIGTERM, and the trainer's own is installed only once the model and
+    checkpoint are ready: `scancel --signal=TERM` in a job's first seconds was lost and the run trained
+    on (a fresh-user finding). The job now holds the signal for the trainer."""
+    import signal
+
+    from experiments.interrupt import InterruptFlag, hold_sigterm_until_training
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        hold_sigterm_until_training()
+        os.kill(os.getpid(), signal.SIGTERM)
+        with InterruptFlag() as flag:
+            assert flag.signum == signal.SIGTERM  # the trainer checkpoints after its first update, then stops
+        with InterruptFlag() as flag:
+            assert flag.signum is None  # acted on once
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def test_case19_ctrl_c_checkpoints_and_stops_like_sigterm(lexicon, tmp_path):
