@@ -37,6 +37,7 @@ from torch.profiler import ProfilerActivity, profile
 from experiments.atomic import atomic_write_text
 from experiments import strict_json
 from experiments.cli import ArgumentParser, at_least, output_file, run_cli
+from experiments.config import config_files
 from experiments.distributed import DistContext, resolve_device
 from experiments.memory_check import check_memory
 from experiments.run_config import RunConfig, load_run_config
@@ -241,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--csv", type=Path, help="append the result as a row of this CSV")
     parser.add_argument("--profile", action="store_true", help="also profile 3 more steps: self CPU time by op kind and part")
     args = parser.parse_args(argv)
-    output_file(args.csv, "--csv", inputs=(args.config,))
+    output_file(args.csv, "--csv", inputs=config_files(args.config))
     cfg = bench_config(args.config, args.set)
     device = resolve_device("cpu" if cfg.train.device == "cpu" else "auto", 0)  # a GPU config runs on CPU without one
     memory_warning = check_memory(cfg, device, 1)

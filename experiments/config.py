@@ -162,8 +162,18 @@ def read_yaml_file(path: str | Path) -> dict:
     return _read_with_bases(Path(path), chain=())
 
 
-def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict:
+def config_files(path: str | Path) -> list[Path]:
+    """The file and every file it inherits from through `base:`, resolved: what reading it reads
+    (a command must never write over one). ConfigError as read_yaml_file."""
+    files: list[Path] = []
+    _read_with_bases(Path(path), chain=(), read=files)
+    return files
+
+
+def _read_with_bases(path: Path, chain: tuple[Path, ...], read: list[Path] | None = None) -> dict:
     path = path.resolve()
+    if read is not None:
+        read.append(path)
     if path in chain:
         raise ConfigError("base", f"inheritance cycle: {' -> '.join(p.name for p in chain + (path,))}")
     if path.is_dir():
@@ -178,7 +188,7 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict:
         return data
     if not isinstance(base, str):
         raise ConfigError("base", f"must be a file name, got {base!r} in {path}")
-    return merge(_read_with_bases(path.parent / base, chain + (path,)), data)
+    return merge(_read_with_bases(path.parent / base, chain + (path,), read), data)
 
 
 def merge(base: dict, override: dict) -> dict:

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from experiments.atomic import atomic_write
 from experiments.cli import ArgumentParser, output_file, run_cli
+from experiments.config import config_files
 from experiments.optim import learning_rate
 from experiments.run_config import RunConfig, load_run_config
 from model.convert_official import (authors_parameter_order, convert, our_parameter_names, read_checkpoint,
@@ -127,7 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     if (args.checkpoint is None) == (args.to_authors is None):
         raise UserError("give either the authors' checkpoint to import, or --to-authors OURS to export")
-    output_file(args.out, "--out", inputs=(args.checkpoint, args.to_authors, args.config), force=args.force)
+    output_file(args.out, "--out", inputs=(args.checkpoint, args.to_authors, *config_files(args.config)),
+                force=args.force)
     cfg = load_run_config(args.config)
     if args.to_authors is not None:
         theirs = export_authors(*read_ours(args.to_authors), cfg)

@@ -280,10 +280,19 @@ def test_convert_never_writes_over_an_input_and_replaces_a_file_only_with_force(
     assert "module.key_pe" in torch.load(tmp_path / "theirs.pt", weights_only=True)["model"]
 
 
-def test_benchmark_csv_never_writes_over_its_config(tmp_path):
-    config, _ = write_config(tmp_path)
+def test_benchmark_csv_and_convert_out_never_write_over_the_config_or_its_bases(tmp_path, capsys):
+    """The file a config inherits from (`base:`) is read too: --csv and --out rewrote it (a fresh-user finding)."""
+    config, cfg = write_config(tmp_path)
+    child = tmp_path / "child.yaml"
+    child.write_text(f"base: {config.name}\nname: child\n")
     before = config.read_bytes()
-    proc = subprocess.run([sys.executable, "-m", "experiments.benchmark", str(config), "--csv", str(config)],
-                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "is an input" in proc.stderr, proc.stderr
+    for target in (config, child):
+        proc = subprocess.run([sys.executable, "-m", "experiments.benchmark", str(child), "--csv", str(target)],
+                              cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "is an input" in proc.stderr, proc.stderr
+    torch.save({"model": build_model(cfg).state_dict()}, tmp_path / "ours.pt")
+    with pytest.raises(SystemExit) as refused:
+        convert.run_cli(convert.main, ["--to-authors", str(tmp_path / "ours.pt"), "--config", str(child),
+                                       "--out", str(config), "--force"])
+    assert refused.value.code == 2 and "is an input of this command" in capsys.readouterr().err
     assert config.read_bytes() == before
