@@ -114,6 +114,7 @@ def run_training(cfg: RunConfig, run_dir: RunDir, *, restart: bool = False,
         corpus = _preflight(cfg, ctx)
         lock = _on_rank0(ctx, lambda: _take(run_dir))
         _on_rank0(ctx, lambda: check_same_run(cfg, run_dir))  # refused, the run's status stays as it was
+        verified = _on_rank0(ctx, lambda: _verify_or_leave(cfg, corpus, run_dir, lock))  # damaged data: said even so
         # DONE, and of this config: check_same_run cannot vouch for a run whose config.yaml is gone
         if not restart and ctx.all_agree(run_dir.config.exists() and run_dir.is_done()):
             log.info("%s is DONE (eval.json holds its final evaluation): nothing to do; --restart trains it again",
@@ -121,7 +122,6 @@ def run_training(cfg: RunConfig, run_dir: RunDir, *, restart: bool = False,
             return 0
         if on_start is not None:
             on_start()
-        verified = _on_rank0(ctx, lambda: _verify_or_leave(cfg, corpus, run_dir, lock))
         try:
             trainer = _start(cfg, run_dir, ctx, corpus, restart, verified)
             trainer.run()

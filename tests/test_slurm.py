@@ -652,7 +652,7 @@ def test_killing_a_local_job_stops_its_trainer_at_a_checkpoint_and_a_resubmissio
     OwnerLock.take(run_dir / LOCK_FILE).release()  # nobody trains it any more
     stopped = _status(run_dir)
     assert stopped["state"] == "PENDING" and stopped["step"] > 0, stopped
-    assert "LOST" in status(grid, root)
+    assert " STOPPED " in status(grid, root)  # at a checkpoint, by the SIGTERM of its dead controller
     assert submit(grid, root, "--executor", "local").returncode == 0  # resumes from the checkpoint
     _wait_for(lambda: _status(run_dir).get("step", 0) > stopped["step"], "the resumed run")
     assert "cancelled 1" in status(grid, root, "--cancel")
