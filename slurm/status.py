@@ -6,20 +6,20 @@ those settings that were never submitted ("not submitted"). `--set`/`--only`, as
 given to `slurm.submit`, narrow the table (and `--cancel`) to the runs of that
 expansion. The header says which submission(s) are shown.
 
-The state comes from the run's own status.json (written by the job), refined by
-the scheduler: `squeue` for live jobs, and `sacct` (when accounting runs) for jobs
-that died without updating their status (OOM kill, node failure, scancel). It
-works without accounting; such a job is then shown as LOST once squeue forgets it.
-A run the job stopped for lack of progress shows STALLED (resubmit to continue), a
-run cancelled by `--cancel` CANCELLED, one a signal stopped at a checkpoint without a
-requeue (`scancel --signal=TERM`) STOPPED (resubmit to continue; SLURM's accounting says
-FAILED, as the job raised), one whose job is held (`scontrol hold`, `requeuehold`) HELD. A run whose directory a process outside the grid's jobs
-holds (its owner lock: a `train.py` started by hand, say) shows RUNNING, the note naming
-that process. Beside it: the step reached of the steps the run
-trains, the last train record's bpc (ppl for word-level data) and tokens/s, the attempts.
-The last column gives the steps each attempt added (from `<run_dir>/attempts.jsonl`; `…`
-while the attempt runs). `slurm.submit --wait` shows the same table while it waits
-(slurm/progress.py).
+The state comes from the run's own status.json (written by the job), refined by the
+scheduler: `squeue` for live jobs, and `sacct` (when accounting runs) for jobs that died
+without updating their status (OOM kill, node failure, scancel). It works without
+accounting; such a job is then shown as LOST once squeue forgets it. A run the job stopped
+for lack of progress shows STALLED (resubmit to continue), a run cancelled by `--cancel`
+CANCELLED, one a signal stopped at a checkpoint without a requeue (`scancel
+--signal=TERM`) STOPPED (resubmit to continue; SLURM's accounting says FAILED, as the job
+raised), one whose job is held (`scontrol hold`, `requeuehold`) HELD. A run whose
+directory a process outside the grid's jobs holds (its owner lock: a `train.py` started by
+hand, say) shows RUNNING, the note naming that process. Beside it: the step reached of the
+steps the run trains, the last train record's bpc (ppl for word-level data) and tokens/s,
+the attempts. The last column gives the steps each attempt added (from
+`<run_dir>/attempts.jsonl`; `…` while the attempt runs). `slurm.submit --wait` shows the
+same table while it waits (slurm/progress.py).
 
 `--cancel` acts only on jobs verified to be the run's (slurm/manifest.py: a
 reused pid or job id is not), and never on a run that is DONE.

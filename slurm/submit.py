@@ -4,19 +4,17 @@
                           [--only key=value ...] [--set key=value ...] [--max-parallel K]
                           [--root DIR] [--wait]
 
-Every config of the grid is validated, and checked against its prepared data and
-process count (experiments/contract.py), before anything is submitted or written:
-the first mismatch is refused in one line (exit 2). Each run is classified DONE
-(skipped), ACTIVE (a live job already has it, or a process outside the root's jobs holds its
-run directory: skipped) or SUBMIT. The plan shows,
-per run, the time limit each attempt gets (and why, when the profile cuts the
-request), the expected number of attempts, the memory estimate per device against
-the profile's GPU (or the job's) memory, and the estimated GPU-hours with the
-throughput figure used and its source; then the requeue policy. Runs with the
-same resources go into one job array throttled to K at a time; the command returns
-as soon as `sbatch` has answered, after recording the submission (its --set/--only,
-and run -> job id) in `<root>/<grid>/manifest.json`, which `slurm.status` and the
-analysis commands read.
+Every config of the grid is validated, and checked against its prepared data and process
+count (experiments/contract.py), before anything is submitted or written: the first
+mismatch is refused in one line (exit 2). Each run is classified DONE (skipped), ACTIVE (a
+live job already has it, or a process outside the root's jobs holds its run directory:
+skipped) or SUBMIT. The plan shows, per run, the time limit each attempt gets (and why,
+when the profile cuts the request), the expected number of attempts, the memory estimate
+per device against the profile's GPU (or the job's) memory, and the estimated GPU-hours
+with the throughput figure used and its source; then the requeue policy. Runs with the
+same resources go into one job array throttled to K at a time; the command returns as soon
+as `sbatch` has answered, after recording the submission (its --set/--only, and run -> job
+id) in `<root>/<grid>/manifest.json`, which `slurm.status` and the analysis commands read.
 
 `--executor local` takes the same path through submitit's local executor (jobs run
 as background processes here), K at a time (default: this machine's cores divided by
