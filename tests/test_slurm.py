@@ -200,8 +200,9 @@ def test_job_reaching_its_time_limit_is_requeued_and_finishes(corpus, tmp_path):
     require_slurm()
     # slurmctld checks limits every 30 s and sends the signal early rather than late: with a
     # 2-minute limit and the signal 45 s before it, USR2 arrives 45-75 s into each attempt,
-    # so a run of ~85 s of training (plus its start) cannot end within its first attempt.
-    grid = _long_run(tmp_path, corpus, "timeout", steps=_steps_lasting(tmp_path, corpus, 85), timeout_min=2)
+    # so a run of ~110 s of training (plus its start) cannot end within its first attempt, even
+    # when the probe ran 40% slow (a clean-clone CI run finished one of ~85 s in its first attempt).
+    grid = _long_run(tmp_path, corpus, "timeout", steps=_steps_lasting(tmp_path, corpus, 110), timeout_min=2)
     root = tmp_path / "root"
     assert submit(grid, root, "--cluster", "local").returncode == 0
     # The uninterrupted reference trains meanwhile on the other core (the job asks for one).
@@ -242,6 +243,9 @@ def test_two_task_job_runs_ddp_and_matches_one_process(corpus, tmp_path):
     for a, b in zip(r1[2], r2[2]):
         assert a[:2] == b[:2] and a[2] == pytest.approx(b[2], abs=1e-5)
     assert r1[0]["loss"] == pytest.approx(r2[0]["loss"], abs=1e-5)
+    (run_dir,) = load_grid(two).run_dirs(tmp_path / "r2")  # the attempt is recorded once, by global rank 0
+    assert len((run_dir / "attempts.jsonl").read_text().splitlines()) == 2
+    assert [(a["attempt"], a["start"], a["end"], a["outcome"]) for a in read_attempts(run_dir)] == [(1, 0, 20, "done")]
 
 
 def test_failing_run_is_reported_with_its_error_tail(corpus, tmp_path):
